@@ -1,0 +1,1 @@
+"""Transport: event contracts, topology, outbox and relay, intake, inbox, dead letters."""

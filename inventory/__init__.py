@@ -1,0 +1,1 @@
+"""Inventory service: products, stock and reservations."""

@@ -1,0 +1,13 @@
+"""`make test`: a fast password hasher and a per-run cache prefix; broker and database stay real."""
+
+import os
+
+from orderproj.settings.local import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CACHES["default"]["KEY_PREFIX"] = os.environ.get("CACHE_KEY_PREFIX", f"test-{os.getpid()}")  # noqa: F405
+
+# A file, not SQLite's in-memory default: worker processes started by the tests open it too.
+TEST_RUN_ID = os.environ.get("TEST_RUN_ID", f"{os.getpid()}")
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / f"test-{TEST_RUN_ID}.sqlite3")}  # noqa: F405

@@ -1,0 +1,45 @@
+"""Orders and their lines."""
+
+import uuid
+
+from django.db import models
+
+
+class Order(models.Model):
+    """A customer's order; its status moves from pending to confirmed or cancelled."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        CONFIRMED = "confirmed"
+        CANCELLED = "cancelled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    customer_email = models.EmailField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    cancel_reason = models.CharField(max_length=500, blank=True)
+    total_amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3, default="USD")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Order {self.id} ({self.status})"
+
+
+class OrderLine(models.Model):
+    """One product and quantity of an order, priced when the order was placed."""
+
+    order = models.ForeignKey(Order, related_name="lines", on_delete=models.CASCADE)
+    product_id = models.CharField(max_length=32)
+    quantity = models.PositiveIntegerField()
+    unit_price = models.DecimalField(max_digits=12, decimal_places=2)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.CheckConstraint(condition=models.Q(quantity__gt=0), name="orders_line_quantity_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} x {self.product_id}"

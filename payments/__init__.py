@@ -1,0 +1,1 @@
+"""Payments service: authorization, capture and void through a gateway."""

@@ -1,0 +1,29 @@
+"""Payments, one per order."""
+
+import uuid
+
+from django.db import models
+
+
+class Payment(models.Model):
+    """The payment of one order, authorized first and captured or voided when the order is decided."""
+
+    class Status(models.TextChoices):
+        AUTHORIZED = "authorized"
+        CAPTURED = "captured"
+        VOIDED = "voided"
+        DECLINED = "declined"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    order_id = models.UUIDField(unique=True)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Payment for {self.order_id} ({self.status})"
