@@ -32,6 +32,7 @@ def broker_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stack_env(broker_url: str, django_db_setup, django_db_blocker) -> dict[str, str]:
     """Environment for child processes: the same broker vhost, test database and settings."""
+    from django.conf import settings
     from django.db import connection
 
     with django_db_blocker.unblock():
@@ -41,13 +42,14 @@ def stack_env(broker_url: str, django_db_setup, django_db_blocker) -> dict[str, 
         "DJANGO_SETTINGS_MODULE": "orderproj.settings.test",
         "CELERY_BROKER_URL": broker_url,
         "DATABASE_URL": url,
+        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
         "PYTHONUNBUFFERED": "1",
     }
 
 
 @pytest.fixture(scope="session")
 def workers(stack_env: dict[str, str]) -> Iterator[ProcessGroup]:
-    """One real Celery worker process per service, consuming its queues on the test vhost."""
+    """One real Celery worker process per service, consuming its queues on the test vhost, and the relay."""
     from orderproj.celery import app
 
     group = ProcessGroup(env=stack_env)
@@ -55,6 +57,12 @@ def workers(stack_env: dict[str, str]) -> Iterator[ProcessGroup]:
         for service, queues in SERVICE_QUEUES.items():
             group.start_worker(service, queues)
         wait_for_workers(app, [f"{service}-test" for service in SERVICE_QUEUES], group)
+        group.start_relay()
         yield group
     finally:
         group.stop_all()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that restart the broker run last, so that they cannot disturb the others."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

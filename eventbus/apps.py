@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
 
 
 class EventbusConfig(AppConfig):
@@ -7,3 +8,6 @@ class EventbusConfig(AppConfig):
 
     def ready(self) -> None:
         from eventbus import worker  # noqa: F401  (connects the worker start-up signal)
+
+        # Contracts and subscriptions register themselves on import; topology and tasks follow.
+        autodiscover_modules("events", "handlers")

@@ -7,7 +7,11 @@ missing exchange or queue never drops a message.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Connection, Exchange, Queue
+from django.conf import settings
+from kombu import Connection, Exchange, Queue, binding
+
+from eventbus.contracts import all_contracts
+from eventbus.subscriptions import Subscriber, subscribers
 
 DEAD_LETTER_EXCHANGE = Exchange("eventbus.dlx", type="direct", durable=True)
 UNROUTED_EXCHANGE = Exchange("eventbus.unrouted", type="fanout", durable=True)
@@ -21,7 +25,9 @@ def dead_letter_queue(queue_name: str) -> Queue:
 
 
 def event_exchange(producer: str) -> Exchange:
-    """The topic exchange a producing service publishes its events to, e.g. `orders.events`."""
+    """The topic exchange a producing service publishes its events to, e.g. `orders.events`.
+
+    Events no queue is bound for go to `eventbus.unrouted` instead of vanishing."""
     return Exchange(
         f"{producer}.events",
         type="topic",
@@ -30,8 +36,22 @@ def event_exchange(producer: str) -> Exchange:
     )
 
 
-def task_queues(app: Celery) -> list[Queue]:
-    return list(app.amqp.queues.values())
+def subscriber_queue(subscriber: Subscriber) -> Queue:
+    """A consuming service's event queue: quorum, bound per subscribed event, dead-lettering to `.dlq`."""
+    return Queue(
+        subscriber.queue,
+        bindings=[
+            binding(event_exchange(exchange.removesuffix(".events")), routing_key=key)
+            for exchange, key in sorted(subscriber.bindings())
+        ],
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": settings.EVENTBUS_QUEUE_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+            "x-dead-letter-routing-key": f"{subscriber.queue}.dlq",
+        },
+    )
 
 
 def declare_all(connection: Connection, app: Celery) -> None:
@@ -39,7 +59,12 @@ def declare_all(connection: Connection, app: Celery) -> None:
     channel = connection.default_channel
     DEAD_LETTER_EXCHANGE.declare(channel=channel)
     UNROUTED_EXCHANGE.declare(channel=channel)
-    UNROUTED_QUEUE.declare(channel=channel)
-    for queue in task_queues(app):
+    UNROUTED_QUEUE(channel).declare()
+    for producer in sorted({c.producer for c in all_contracts()}):
+        event_exchange(producer).declare(channel=channel)
+    for queue in app.amqp.queues.values():
         queue(channel).declare()
         dead_letter_queue(queue.name)(channel).declare()
+    for subscriber in subscribers():
+        subscriber_queue(subscriber)(channel).declare()
+        dead_letter_queue(subscriber.queue)(channel).declare()

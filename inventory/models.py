@@ -16,8 +16,10 @@ class Product(models.Model):
     )
     name = models.CharField(max_length=200)
     price = models.DecimalField(max_digits=12, decimal_places=2, validators=[MinValueValidator(Decimal("0.00"))])
+    currency = models.CharField(max_length=3, default="USD")
     stock_on_hand = models.PositiveIntegerField(default=0)
     stock_reserved = models.PositiveIntegerField(default=0)
+    revision = models.PositiveIntegerField(default=0, help_text="Grows with each change of name or price.")
 
     class Meta:
         ordering = ["sku"]
@@ -34,3 +36,26 @@ class Product(models.Model):
     @property
     def available(self) -> int:
         return self.stock_on_hand - self.stock_reserved
+
+
+class Reservation(models.Model):
+    """Stock held for one order: all of its lines or none. Held, then committed (shipped) or released."""
+
+    class Status(models.TextChoices):
+        HELD = "held"
+        COMMITTED = "committed"
+        RELEASED = "released"
+        REJECTED = "rejected"
+
+    order_id = models.UUIDField(unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, db_index=True)
+    lines = models.JSONField(help_text='[{"product_id": "P001", "quantity": 2}, ...]')
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Reservation for {self.order_id} ({self.status})"

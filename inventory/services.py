@@ -1,10 +1,16 @@
-"""Inventory writes."""
+"""Inventory writes: products, and stock held for orders without ever overselling."""
+
+from __future__ import annotations
 
 from decimal import Decimal
+from uuid import UUID
 
 from django.db import transaction
+from django.db.models import F
 
-from inventory.models import Product
+from eventbus.outbox import publish
+from inventory.events import ProductChanged, RejectedLine, ReservedLine, StockRejected, StockReleased, StockReserved
+from inventory.models import Product, Reservation
 
 DEMO_PRODUCTS = [
     ("P001", "Espresso beans 1 kg", "75.00", 100),
@@ -20,13 +26,130 @@ DEMO_PRODUCTS = [
 ]
 
 
+class InsufficientStock(Exception):
+    """Some lines cannot be held; `lines` says which and why."""
+
+    def __init__(self, lines: list[RejectedLine]) -> None:
+        super().__init__(", ".join(f"{line.product_id}: {line.reason}" for line in lines))
+        self.lines = lines
+
+
 @transaction.atomic
+def product_upsert(
+    *, sku: str, name: str, price: Decimal, currency: str = "USD", stock_on_hand: int | None = None
+) -> Product:
+    """Create or change a product; a new name or price is announced (ProductChanged) to other services."""
+    product, created = Product.objects.select_for_update().get_or_create(
+        sku=sku, defaults={"name": name, "price": price, "currency": currency, "stock_on_hand": stock_on_hand or 0}
+    )
+    changed = created or (product.name, product.price, product.currency) != (name, price, currency)
+    if not created:
+        product.name, product.price, product.currency = name, price, currency
+        if stock_on_hand is not None:
+            product.stock_on_hand = stock_on_hand
+    if changed:
+        product.revision += 1
+    product.save()
+    if changed:
+        publish(
+            ProductChanged(
+                product_id=product.sku,
+                name=product.name,
+                price=f"{product.price:.2f}",
+                currency=product.currency,
+                revision=product.revision,
+            )
+        )
+    return product
+
+
 def product_seed_demo() -> int:
     """Create the demo products P001..P010 that do not exist yet; return how many were created."""
     created = 0
     for sku, name, price, stock in DEMO_PRODUCTS:
-        _, was_created = Product.objects.get_or_create(
-            sku=sku, defaults={"name": name, "price": Decimal(price), "stock_on_hand": stock}
-        )
-        created += was_created
+        if not Product.objects.filter(sku=sku).exists():
+            product_upsert(sku=sku, name=name, price=Decimal(price), stock_on_hand=stock)
+            created += 1
     return created
+
+
+@transaction.atomic
+def stock_reserve(*, order_id: UUID, lines: list[tuple[str, int]]) -> Reservation:
+    """Hold every line for the order or none; announce StockReserved or StockRejected.
+
+    Each line is a conditional UPDATE (available >= quantity) taken in product order, so two orders
+    racing for the last unit cannot both win, on SQLite and PostgreSQL alike."""
+    existing = Reservation.objects.filter(order_id=order_id).first()
+    if existing is not None:
+        return existing
+    wanted: dict[str, int] = {}
+    for sku, quantity in lines:
+        wanted[sku] = wanted.get(sku, 0) + quantity
+    try:
+        with transaction.atomic():
+            shortages = [line for sku in sorted(wanted) if (line := _hold(sku, wanted[sku]))]
+            if shortages:
+                raise InsufficientStock(shortages)
+    except InsufficientStock as shortage:
+        reservation = Reservation.objects.create(
+            order_id=order_id, status=Reservation.Status.REJECTED, lines=_as_json(wanted), reason=str(shortage)
+        )
+        publish(StockRejected(order_id=order_id, lines=shortage.lines))
+        return reservation
+    reservation = Reservation.objects.create(order_id=order_id, status=Reservation.Status.HELD, lines=_as_json(wanted))
+    publish(StockReserved(order_id=order_id, lines=_reserved_lines(wanted)))
+    return reservation
+
+
+def _hold(sku: str, quantity: int) -> RejectedLine | None:
+    """Hold `quantity` of `sku` if available; otherwise say why not."""
+    held = Product.objects.filter(sku=sku, stock_on_hand__gte=F("stock_reserved") + quantity).update(
+        stock_reserved=F("stock_reserved") + quantity
+    )
+    if held:
+        return None
+    product = Product.objects.filter(sku=sku).first()
+    available = product.available if product else 0
+    reason = "insufficient stock" if product else "unknown product"
+    return RejectedLine(product_id=sku, requested=quantity, available=available, reason=reason)
+
+
+@transaction.atomic
+def stock_release(*, order_id: UUID) -> Reservation | None:
+    """Give back what a cancelled order held (once); a rejected or unknown reservation has nothing to give."""
+    reservation = Reservation.objects.select_for_update().filter(order_id=order_id).first()
+    if reservation is None or reservation.status != Reservation.Status.HELD:
+        return reservation
+    for line in sorted(reservation.lines, key=lambda line: line["product_id"]):
+        Product.objects.filter(sku=line["product_id"]).update(stock_reserved=F("stock_reserved") - line["quantity"])
+    reservation.status = Reservation.Status.RELEASED
+    reservation.save(update_fields=["status", "updated_at"])
+    publish(StockReleased(order_id=order_id, lines=_reserved_lines(_from_json(reservation.lines))))
+    return reservation
+
+
+@transaction.atomic
+def stock_commit(*, order_id: UUID) -> Reservation | None:
+    """A confirmed order's held stock leaves the warehouse: on hand and reserved both go down."""
+    reservation = Reservation.objects.select_for_update().filter(order_id=order_id).first()
+    if reservation is None or reservation.status != Reservation.Status.HELD:
+        return reservation
+    for line in sorted(reservation.lines, key=lambda line: line["product_id"]):
+        Product.objects.filter(sku=line["product_id"]).update(
+            stock_reserved=F("stock_reserved") - line["quantity"], stock_on_hand=F("stock_on_hand") - line["quantity"]
+        )
+    reservation.status = Reservation.Status.COMMITTED
+    reservation.save(update_fields=["status", "updated_at"])
+    return reservation
+
+
+def _as_json(wanted: dict[str, int]) -> list[dict[str, object]]:
+    return [{"product_id": sku, "quantity": qty} for sku, qty in sorted(wanted.items())]
+
+
+def _from_json(lines: list[dict[str, object]]) -> dict[str, int]:
+    return {str(line["product_id"]): int(line["quantity"]) for line in lines}  # type: ignore[call-overload]
+
+
+def _reserved_lines(wanted: dict[str, int]) -> list[ReservedLine]:
+    return [ReservedLine(product_id=sku, quantity=qty) for sku, qty in sorted(wanted.items())]

@@ -10,6 +10,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orderproj.settings.local")
 app = Celery("orderproj")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# By name: the step imports Django models, which load only once the worker has set Django up.
+app.steps["consumer"].add("eventbus.intake:EventIntake")
 
 
 @setup_logging.connect

@@ -43,3 +43,19 @@ class OrderLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.quantity} x {self.product_id}"
+
+
+class CatalogProduct(models.Model):
+    """The orders service's copy of the product catalogue, kept current by inventory's ProductChanged events."""
+
+    sku = models.CharField(primary_key=True, max_length=32)
+    name = models.CharField(max_length=200)
+    price = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3, default="USD")
+    revision = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["sku"]
+
+    def __str__(self) -> str:
+        return f"{self.sku} {self.name} {self.price} {self.currency}"

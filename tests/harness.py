@@ -82,6 +82,9 @@ class ProcessGroup:
              "--concurrency", str(concurrency), "-l", "INFO", "--without-gossip", "--without-mingle"],
         )  # fmt: skip
 
+    def start_relay(self) -> subprocess.Popen[bytes]:
+        return self.start("relay", [sys.executable, "manage.py", "relay", "--poll", "0.5"])
+
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = LOG_DIR / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -92,6 +95,18 @@ class ProcessGroup:
 
     def stop_all(self, timeout: float = 20) -> None:
         stop_groups(list(self.procs.values()), timeout)
+
+
+def wait_for(condition, *, timeout: float = 30, interval: float = 0.2, what: str = "condition"):
+    """Poll `condition` until it returns something truthy, and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def wait_for_workers(app, names: list[str], procs: ProcessGroup, timeout: float = 60) -> None:

@@ -200,3 +200,14 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+
+# --- Event bus.
+EVENTBUS_MAX_ATTEMPTS = env_int("EVENTBUS_MAX_ATTEMPTS", 5)  # per handler and event, the first try included
+EVENTBUS_RETRY_BASE_DELAY = float(os.environ.get("EVENTBUS_RETRY_BASE_DELAY", "1"))  # seconds
+EVENTBUS_RETRY_MAX_DELAY = float(os.environ.get("EVENTBUS_RETRY_MAX_DELAY", "60"))  # seconds
+EVENTBUS_MAX_HOPS = env_int("EVENTBUS_MAX_HOPS", 8)  # longest causation chain before it is called a loop
+EVENTBUS_QUEUE_DELIVERY_LIMIT = env_int("EVENTBUS_QUEUE_DELIVERY_LIMIT", 20)
+EVENTBUS_INTAKE_PREFETCH = env_int("EVENTBUS_INTAKE_PREFETCH", 64)
+EVENTBUS_RELAY_BATCH = env_int("EVENTBUS_RELAY_BATCH", 500)
+EVENTBUS_RELAY_POLL_SECONDS = float(os.environ.get("EVENTBUS_RELAY_POLL_SECONDS", "1"))
+EVENTBUS_RELAY_SWEEP_AGE_SECONDS = float(os.environ.get("EVENTBUS_RELAY_SWEEP_AGE_SECONDS", "10"))

@@ -1,0 +1,150 @@
+"""The intake: a worker consumer step that turns each event on a service's queue into handler tasks.
+
+For every event on `<service>.events` it checks the envelope and the data against the contract,
+then sends one Celery task per subscribed handler, with a task id derived from (handler, event),
+and acknowledges the event only after the broker confirmed those tasks. What can never be
+handled goes to the dead-letter store at once; it is not retried. The same step files messages
+that RabbitMQ dead-lettered (delivery limit, rejection) from the service's `.dlq` queues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from celery import bootsteps
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from kombu import Consumer
+from kombu.message import Message
+
+from eventbus import deadletters
+from eventbus.envelope import PoisonMessage, parse
+from eventbus.models import DeadLetter
+from eventbus.subscriptions import Subscriber, subscriber_for_task_queue
+from eventbus.topology import dead_letter_queue, subscriber_queue
+
+logger = logging.getLogger(__name__)
+
+
+def consumed_subscribers(app) -> list[Subscriber]:
+    """The services whose task queue this worker consumes (`-Q`): it takes in their events too."""
+    selected = app.amqp.queues.consume_from or app.amqp.queues
+    return [s for s in (subscriber_for_task_queue(name) for name in selected) if s is not None]
+
+
+class EventIntake(bootsteps.ConsumerStep):
+    """Consume the event queue (and dead-letter queues) of every service this worker serves."""
+
+    def __init__(self, parent, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.app = parent.app
+
+    def get_consumers(self, channel) -> list[Consumer]:
+        subscribers = consumed_subscribers(self.app)
+        consumers = []
+        for subscriber in subscribers:
+            consumers.append(
+                Consumer(
+                    channel,
+                    queues=[subscriber_queue(subscriber)],
+                    on_message=lambda message, s=subscriber: self.on_event(s, message),
+                    prefetch_count=settings.EVENTBUS_INTAKE_PREFETCH,
+                    no_ack=False,
+                )
+            )
+            dlqs = [dead_letter_queue(subscriber.queue), dead_letter_queue(subscriber.task_queue)]
+            consumers.append(Consumer(channel, queues=dlqs, on_message=self.on_dead_letter, prefetch_count=16))
+        if subscribers:
+            logger.info("event intake consuming %s", ", ".join(s.queue for s in subscribers))
+        return consumers
+
+    def on_event(self, subscriber: Subscriber, message: Message) -> None:
+        close_old_connections()
+        try:
+            event = parse(message.body, message.content_type)
+            if event.hops > settings.EVENTBUS_MAX_HOPS:
+                self._dead_letter(subscriber, message, DeadLetter.Reason.HOP_LIMIT, f"hops={event.hops}")
+                return
+        except PoisonMessage as error:
+            self._dead_letter(subscriber, message, DeadLetter.Reason.POISON, str(error))
+            return
+        handlers = subscriber.handlers_for(event)
+        try:
+            for handler in handlers:
+                self.app.send_task(
+                    handler.name,
+                    args=[event.to_dict()],
+                    task_id=handler.task_id(event.id),
+                    queue=subscriber.task_queue,
+                    routing_key=subscriber.task_queue,
+                    exchange=subscriber.task_queue,
+                )
+        except Exception:
+            logger.exception("could not dispatch %s %s; it goes back to %s", event.type, event.id, subscriber.queue)
+            self._requeue_later(message)
+            return
+        if not handlers:
+            logger.warning("%s receives %s but has no handler for it", subscriber.queue, event.type)
+        message.ack()
+
+    def _dead_letter(self, subscriber: Subscriber, message: Message, reason: str, error: str) -> None:
+        logger.warning("dead-lettering a message from %s: %s", subscriber.queue, error)
+        try:
+            deadletters.store(
+                reason=reason,
+                queue=subscriber.queue,
+                body=message.body,
+                content_type=message.content_type or "",
+                headers=dict(message.headers or {}),
+                error=error,
+            )
+        except DatabaseError:
+            logger.exception("cannot store the dead letter; the broker's dead-letter queue takes it")
+            message.reject(requeue=False)
+            return
+        message.ack()
+
+    def on_dead_letter(self, message: Message) -> None:
+        """File a message RabbitMQ dead-lettered (delivery limit, or rejected) into the store."""
+        close_old_connections()
+        headers = dict(message.headers or {})
+        death = (headers.get("x-death") or [{}])[0]
+        queue = headers.get("x-first-death-queue") or death.get("queue") or message.delivery_info.get("routing_key")
+        body, handler = message.body, ""
+        if headers.get("task"):  # a Celery task message: keep the event it carried, so replay can resend it
+            handler = headers["task"]
+            body = _task_event(message.body) or message.body
+        try:
+            deadletters.store(
+                reason=DeadLetter.Reason.BROKER,
+                queue=str(queue),
+                handler=handler,
+                body=body,
+                content_type=message.content_type or "",
+                headers=headers,
+                error=f"dead-lettered by RabbitMQ: {headers.get('x-first-death-reason') or death.get('reason')}",
+                attempts=int(death.get("count") or 1),
+            )
+        except DatabaseError:
+            logger.exception("cannot file a broker dead letter yet")
+            self._requeue_later(message)
+            return
+        message.ack()
+
+    @staticmethod
+    def _requeue_later(message: Message) -> None:
+        # A short pause keeps a failing dependency from turning into a hot redelivery loop; the
+        # queue's delivery limit still bounds how often it comes back.
+        time.sleep(1)
+        message.requeue()
+
+
+def _task_event(body: bytes) -> dict[str, Any] | None:
+    try:
+        args = json.loads(body)[0]
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None
+    return args[0] if args and isinstance(args[0], dict) else None

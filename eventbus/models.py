@@ -1,0 +1,76 @@
+"""Outbox, inbox and dead letters: the tables that make delivery at-least-once and effects exactly-once."""
+
+from django.db import models
+
+
+class OutboxMessage(models.Model):
+    """An event committed with the business change that caused it, waiting for the relay to publish it."""
+
+    event_id = models.UUIDField(unique=True)
+    event_type = models.CharField(max_length=200)
+    exchange = models.CharField(max_length=200)
+    routing_key = models.CharField(max_length=200)
+    body = models.JSONField(help_text="The whole CloudEvent, as published.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    publish_attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["id"], condition=models.Q(sent_at__isnull=True), name="eventbus_outbox_pending"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id}"
+
+
+class InboxMessage(models.Model):
+    """Proof that a handler has applied an event; written in the same transaction as the effect."""
+
+    handler = models.CharField(max_length=200)
+    event_id = models.UUIDField()
+    event_type = models.CharField(max_length=200)
+    correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    processed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["handler", "event_id"], name="eventbus_inbox_once")]
+
+    def __str__(self) -> str:
+        return f"{self.handler} <- {self.event_type} {self.event_id}"
+
+
+class DeadLetter(models.Model):
+    """A message that could not be handled: poison at intake, retries exhausted, or rejected by the broker."""
+
+    class Reason(models.TextChoices):
+        POISON = "poison", "cannot be parsed or validated"
+        EXHAUSTED = "exhausted", "retries exhausted"
+        PERMANENT = "permanent", "permanent error"
+        BROKER = "broker", "dead-lettered by the broker"
+        HOP_LIMIT = "hop_limit", "hop limit exceeded"
+
+    reason = models.CharField(max_length=16, choices=Reason.choices, db_index=True)
+    queue = models.CharField(max_length=200, help_text="The queue the message was consumed from.")
+    handler = models.CharField(max_length=200, blank=True)
+    event_id = models.CharField(max_length=200, blank=True, db_index=True)
+    event_type = models.CharField(max_length=200, blank=True)
+    content_type = models.CharField(max_length=200, blank=True)
+    body = models.TextField(help_text="The message body as received (never deserialized when not JSON).")
+    headers = models.JSONField(default=dict, blank=True)
+    error = models.TextField()
+    traceback = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+    replay_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.reason} {self.event_type or self.content_type} from {self.queue}"

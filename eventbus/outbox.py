@@ -1,0 +1,66 @@
+"""Publishing: an event is written to the outbox inside the transaction of the change it announces."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+
+import redis
+from django.conf import settings
+from django.db import transaction
+
+from eventbus.contracts import EventData
+from eventbus.envelope import CloudEvent, new_event
+from eventbus.models import OutboxMessage
+
+logger = logging.getLogger(__name__)
+NUDGE_CHANNEL = "eventbus:outbox"
+
+# The event whose handler is running, so that what it publishes inherits correlation and causation.
+current_event: contextvars.ContextVar[CloudEvent | None] = contextvars.ContextVar("current_event", default=None)
+
+
+class HopLimitExceeded(RuntimeError):
+    """Publishing would extend a causation chain past EVENTBUS_MAX_HOPS: a loop, stopped."""
+
+
+def publish(data: EventData, *, correlation_id: str = "") -> CloudEvent:
+    """Record `data` as an event to publish once the surrounding transaction commits."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("publish() must run inside the transaction whose change the event announces")
+    cause = current_event.get()
+    if cause is not None:
+        hops = cause.hops + 1
+        if hops > settings.EVENTBUS_MAX_HOPS:
+            raise HopLimitExceeded(f"{cause.type} {cause.id} is {cause.hops} hops from its origin")
+        event = new_event(data, correlation_id=cause.correlationid, causation_id=cause.id, hops=hops)
+    else:
+        event = new_event(data, correlation_id=correlation_id)
+    contract = type(data).contract
+    OutboxMessage.objects.create(
+        event_id=event.id,
+        event_type=event.type,
+        exchange=f"{contract.producer}.events",
+        routing_key=contract.routing_key,
+        body=event.to_dict(),
+    )
+    transaction.on_commit(nudge_relay)
+    return event
+
+
+_redis: redis.Redis | None = None
+
+
+def nudge_relay() -> None:
+    """Wake the relay now rather than at its next sweep; losing a nudge only costs latency."""
+    global _redis
+    try:
+        if _redis is None:
+            _redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+        _redis.publish(nudge_channel(), b"1")
+    except redis.RedisError as error:
+        logger.debug("relay nudge failed (the sweep will publish): %s", error)
+
+
+def nudge_channel() -> str:
+    return f"{settings.CACHES['default'].get('KEY_PREFIX', '')}:{NUDGE_CHANNEL}"

@@ -1,0 +1,106 @@
+"""Subscriptions: a service names the events it handles; queues, bindings and tasks follow from that.
+
+    inventory = Subscriber("inventory", queue="inventory.events")
+
+    @inventory.on(OrderPlaced)
+    def reserve_stock(data: OrderPlaced, event: CloudEvent) -> None: ...
+
+Each handler becomes a Celery task named `<service>.<function>` on the `<service>.tasks` queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import shared_task
+
+from eventbus.contracts import Contract, EventData
+from eventbus.envelope import CloudEvent
+
+HandlerFunction = Callable[[Any, CloudEvent], None]
+TASK_ID_NAMESPACE = uuid.UUID("6f1b0c3e-5a52-4c8e-9d7e-2f1c8b7a4e10")
+
+
+@dataclass(frozen=True)
+class Handler:
+    name: str
+    service: str
+    contract: Contract
+    function: HandlerFunction
+
+    def task_id(self, event_id: str) -> str:
+        """The same (handler, event) always gets the same task id: one row in Flower and the results."""
+        return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{self.name}:{event_id}"))
+
+
+@dataclass
+class Subscriber:
+    """A consuming service: its event queue and the handlers that queue feeds."""
+
+    service: str
+    queue: str
+    handlers: list[Handler] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        existing = _subscribers.get(self.service)
+        if existing is not None and existing.queue != self.queue:
+            raise ValueError(f"service {self.service!r} already consumes {existing.queue!r}")
+        _subscribers[self.service] = self
+
+    @property
+    def task_queue(self) -> str:
+        return f"{self.service}.tasks"
+
+    def on(self, data_class: type[EventData]) -> Callable[[HandlerFunction], HandlerFunction]:
+        """Subscribe the decorated function to one event type (every version, upcast to this one)."""
+
+        def register(function: HandlerFunction) -> HandlerFunction:
+            handler = Handler(f"{self.service}.{function.__name__}", self.service, data_class.contract, function)
+            if any(existing.name == handler.name for existing in self.handlers):
+                raise ValueError(f"handler {handler.name} is declared twice")
+            self.handlers.append(handler)
+            _register_task(handler)
+            return function
+
+        return register
+
+    def bindings(self) -> set[tuple[str, str]]:
+        """(exchange, routing key) pairs this service's queue is bound with."""
+        return {(f"{h.contract.producer}.events", h.contract.routing_key) for h in self.handlers}
+
+    def handlers_for(self, event: CloudEvent) -> list[Handler]:
+        family = event.type.rsplit(".v", 1)[0]
+        return [h for h in self.handlers if h.contract.family == family]
+
+
+_subscribers: dict[str, Subscriber] = {}
+
+
+def subscribers() -> list[Subscriber]:
+    return list(_subscribers.values())
+
+
+def subscriber_for_task_queue(queue: str) -> Subscriber | None:
+    return next((s for s in _subscribers.values() if s.task_queue == queue), None)
+
+
+def handler_by_name(name: str) -> Handler:
+    for subscriber in _subscribers.values():
+        for handler in subscriber.handlers:
+            if handler.name == name:
+                return handler
+    raise LookupError(f"no handler named {name!r}")
+
+
+def _register_task(handler: Handler) -> None:
+    from eventbus.handling import HandlerTask, run_handler
+
+    def task(self: HandlerTask, event: dict[str, Any]) -> str:
+        return run_handler(self, handler, event)
+
+    task.__name__ = handler.function.__name__
+    task.__doc__ = handler.function.__doc__
+    shared_task(name=handler.name, bind=True, base=HandlerTask)(task)

@@ -1,0 +1,23 @@
+"""Receivers of the orders service's own signals."""
+
+from django.dispatch import receiver
+
+from eventbus.outbox import publish
+from orders.events import OrderItem, OrderPlaced
+from orders.models import Order
+from orders.signals import order_placed
+
+
+@receiver(order_placed, dispatch_uid="orders.publish_order_placed")
+def publish_order_placed(sender: type, order: Order, **_: object) -> None:
+    """Record OrderPlaced in the outbox, in the same transaction as the order."""
+    publish(
+        OrderPlaced(
+            order_id=order.id,
+            items=[OrderItem(product_id=line.product_id, quantity=line.quantity) for line in order.lines.all()],
+            total_amount=f"{order.total_amount:.2f}",
+            currency=order.currency,
+            timestamp=order.created_at,
+        ),
+        correlation_id=str(order.id),
+    )

@@ -1,0 +1,78 @@
+"""Orders writes: placing an order, and keeping the local catalogue current."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db import transaction
+
+from orders.models import CatalogProduct, Order, OrderLine
+from orders.signals import order_placed
+
+MAX_QUANTITY_PER_LINE = 1000
+MAX_LINES = 100
+
+
+class OrderRejected(ValueError):
+    """The order cannot be placed as given; `errors` maps each field to what is wrong with it."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(f"{field}: {', '.join(msgs)}" for field, msgs in errors.items()))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class LineRequest:
+    product_id: str
+    quantity: int
+
+
+def order_place(*, customer_email: str, items: list[LineRequest]) -> Order:
+    """Create a pending order priced from the catalogue and announce it (OrderPlaced), all in one transaction."""
+    if not items:
+        raise OrderRejected({"items": ["An order needs at least one item."]})
+    if len(items) > MAX_LINES:
+        raise OrderRejected({"items": [f"At most {MAX_LINES} lines per order."]})
+    quantities: dict[str, int] = {}
+    for item in items:
+        quantities[item.product_id] = quantities.get(item.product_id, 0) + item.quantity
+    with transaction.atomic():
+        prices = CatalogProduct.objects.in_bulk(list(quantities))
+        errors = _line_errors(quantities, prices)
+        if errors:
+            raise OrderRejected({"items": errors})
+        currency = {prices[sku].currency for sku in quantities}
+        if len(currency) > 1:
+            raise OrderRejected({"items": ["All products of an order must share one currency."]})
+        total = sum((prices[sku].price * qty for sku, qty in quantities.items()), Decimal("0.00"))
+        order = Order.objects.create(customer_email=customer_email, total_amount=total, currency=currency.pop())
+        OrderLine.objects.bulk_create(
+            OrderLine(order=order, product_id=sku, quantity=qty, unit_price=prices[sku].price)
+            for sku, qty in quantities.items()
+        )
+        order_placed.send(sender=Order, order=order)
+    return order
+
+
+def _line_errors(quantities: dict[str, int], prices: dict[str, CatalogProduct]) -> list[str]:
+    errors = []
+    for sku, quantity in quantities.items():
+        if sku not in prices:
+            errors.append(f"Unknown product {sku!r}.")
+        if not 0 < quantity <= MAX_QUANTITY_PER_LINE:
+            errors.append(f"Quantity of {sku!r} must be between 1 and {MAX_QUANTITY_PER_LINE}.")
+    return errors
+
+
+def catalog_product_apply(*, sku: str, name: str, price: Decimal, currency: str, revision: int) -> bool:
+    """Apply a product change unless a newer revision is already known; return whether it applied."""
+    updated = CatalogProduct.objects.filter(sku=sku, revision__lt=revision).update(
+        name=name, price=price, currency=currency, revision=revision
+    )
+    if updated:
+        return True
+    _, created = CatalogProduct.objects.get_or_create(
+        sku=sku, defaults={"name": name, "price": price, "currency": currency, "revision": revision}
+    )
+    return created

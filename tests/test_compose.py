@@ -1,0 +1,187 @@
+"""docker-compose.yml and .env.example checked against the code they run; no Docker engine needed."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from django.conf import settings
+
+from devstack.supervisor import read_procfile
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+SETTINGS_FILES = sorted((ROOT / "orderproj" / "settings").glob("*.py"))
+
+APP_SERVICES = ("migrate", "web", "worker-orders", "worker-inventory", "worker-payments", "relay", "beat", "flower")
+SERVICES = ("rabbitmq", "postgres", "redis", *APP_SERVICES)
+# Variables the app containers get that something other than orderproj/settings reads.
+NON_SETTINGS_VARIABLES = {
+    "DJANGO_SETTINGS_MODULE": "Django: which settings module to load",
+    "FLOWER_BASIC_AUTH": "Flower reads it itself (its FLOWER_ option variables)",
+    "ADMIN_PASSWORD": "the migrate service's command hands it to `manage.py ensure_admin`",
+}
+SECRETS = ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS", "ADMIN_PASSWORD", "FLOWER_BASIC_AUTH")
+CELERY_WORKER = ["celery", "-A", "orderproj", "worker"]
+PUBLISHED = {"web": ["8000"], "flower": ["5555"], "rabbitmq": ["5672", "15672"]}
+
+ENV_READ = re.compile(r"""\b(?:os\.environ\.get|env_bool|env_int|required|_port)\(\s*["']([A-Z][A-Z0-9_]*)["']""")
+REQUIRED_READ = re.compile(r"""\brequired\(\s*["']([A-Z][A-Z0-9_]*)["']""")
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
+
+
+def variables_read(paths: list[Path], pattern: re.Pattern[str] = ENV_READ) -> set[str]:
+    return {name for path in paths for name in pattern.findall(path.read_text())}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def argv(service: dict[str, Any]) -> list[str]:
+    """The command as the container gets it: compose interpolates `${...}` first, then splits."""
+    command = INTERPOLATION.sub(lambda match: f"<{match[1]}>", service["command"])
+    return shlex.split(command)
+
+
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_the_file_parses_and_has_every_service(services):
+    assert set(SERVICES) <= set(services)
+
+
+def test_web_and_every_worker_reuse_one_anchored_definition(compose, services):
+    # Given the YAML nodes, where an alias is the very node its anchor names
+    root = yaml.compose(COMPOSE.read_text())
+    nodes = {key.value: value for key, value in root.value}
+    anchor = nodes["x-app"]
+    service_nodes = {key.value: value for key, value in nodes["services"].value}
+
+    for name in APP_SERVICES:
+        merged = [value for key, value in service_nodes[name].value if key.value == "<<"]
+        assert merged == [anchor], f"{name} does not merge the x-app anchor"
+        assert services[name]["build"] == compose["x-app"]["build"]
+        assert services[name]["image"] == compose["x-app"]["image"]
+
+
+def test_rabbitmq_has_its_own_user_and_vhost_and_the_app_uses_them(services):
+    env = services["rabbitmq"]["environment"]
+    assert "guest" not in str(env["RABBITMQ_DEFAULT_USER"])
+    assert env["RABBITMQ_DEFAULT_USER"].startswith("${RABBITMQ_DEFAULT_USER:?")
+    assert env["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_DEFAULT_PASS:?")
+    assert env["RABBITMQ_DEFAULT_VHOST"] not in ("", "/")
+    assert env["RABBITMQ_DEFAULT_VHOST"].startswith("${RABBITMQ_DEFAULT_VHOST")
+
+    for name in APP_SERVICES:
+        broker = services[name]["environment"]["CELERY_BROKER_URL"]
+        assert "guest" not in broker
+        assert broker.startswith("amqp://${RABBITMQ_DEFAULT_USER:?")
+        assert broker.endswith("@rabbitmq:5672/${RABBITMQ_DEFAULT_VHOST:-orderpipe}")
+
+
+def test_app_services_pass_only_variables_that_something_reads(services):
+    read = variables_read(SETTINGS_FILES)
+    for name in APP_SERVICES:
+        unknown = set(services[name]["environment"]) - read - set(NON_SETTINGS_VARIABLES)
+        assert not unknown, f"{name} passes variables nothing reads: {sorted(unknown)}"
+
+
+def test_app_services_get_every_variable_production_requires(services):
+    required = variables_read([ROOT / "orderproj" / "settings" / "production.py"], REQUIRED_READ)
+    assert {"DJANGO_SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL"} <= required
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        assert env["DJANGO_SETTINGS_MODULE"] == "orderproj.settings.production"
+        missing = {variable for variable in required if not env.get(variable)}
+        assert not missing, f"{name} lacks {sorted(missing)}"
+
+
+def test_compose_refuses_to_start_without_a_secret():
+    references = INTERPOLATION.findall(COMPOSE.read_text())
+    for secret in SECRETS:
+        modifiers = {modifier for variable, modifier in references if variable == secret}
+        assert modifiers, f"{secret} is not used"
+        assert all(modifier.startswith(":?") for modifier in modifiers), f"{secret} has a default somewhere"
+
+
+def test_compose_runs_every_procfile_process(services):
+    # Given the Procfile `make run` starts; web and Flower differ only in how they listen
+    procfile = {spec.name: shlex.split(spec.command) for spec in read_procfile(ROOT / "Procfile")}
+    workers = {name: args for name, args in procfile.items() if args[:4] == CELERY_WORKER}
+    others = {name: args for name, args in procfile.items() if name not in workers and name not in ("web", "flower")}
+
+    compose_workers = {
+        name.removeprefix("worker-"): argv(service) for name, service in services.items() if name.startswith("worker-")
+    }
+    assert set(compose_workers) == set(workers)
+    for name, args in compose_workers.items():
+        assert args[:4] == CELERY_WORKER
+        assert option(args, "-Q") == option(workers[name], "-Q"), name
+        assert option(args, "-n") == option(workers[name], "-n"), name
+    for name, args in others.items():
+        assert argv(services[name]) == args, name
+
+    consumed = {queue for args in compose_workers.values() for queue in option(args, "-Q").split(",")}
+    assert {queue.name for queue in settings.CELERY_TASK_QUEUES} <= consumed
+
+
+def test_one_shot_migrate_runs_first_and_the_rest_waits_for_healthy_servers(services):
+    command = " ".join(argv(services["migrate"]))
+    assert "manage.py migrate" in command
+    assert "manage.py seed_demo" in command
+    for name in ("rabbitmq", "postgres", "redis"):
+        assert "healthcheck" in services[name], name
+    for name in APP_SERVICES:
+        depends = services[name]["depends_on"]
+        assert {depends[server]["condition"] for server in ("rabbitmq", "postgres", "redis")} == {"service_healthy"}
+        if name != "migrate":
+            assert depends["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_web_and_flower_listen_in_the_container_and_flower_reads_the_management_api(services):
+    assert argv(services["web"])[:3] == ["gunicorn", "orderproj.wsgi:application", "--bind"]
+    assert option(argv(services["web"]), "--bind") == "0.0.0.0:8000"
+    flower = argv(services["flower"])
+    assert flower[:4] == ["celery", "-A", "orderproj", "flower"]
+    broker_api = next(arg.removeprefix("--broker-api=") for arg in flower if arg.startswith("--broker-api="))
+    assert broker_api == "http://<RABBITMQ_DEFAULT_USER>:<RABBITMQ_DEFAULT_PASS>@rabbitmq:15672/api/"
+
+
+def test_published_ports_listen_on_loopback_only(services):
+    for name, service in services.items():
+        for mapping in service.get("ports", []):
+            assert mapping.startswith("127.0.0.1:"), f"{name} publishes {mapping} beyond loopback"
+    for name, container_ports in PUBLISHED.items():
+        assert [mapping.rsplit(":", 1)[1] for mapping in services[name]["ports"]] == container_ports
+
+
+def test_data_lives_in_named_volumes(compose, services):
+    for name in ("rabbitmq", "postgres", "redis"):
+        (mount,) = services[name]["volumes"]
+        assert mount.split(":", 1)[0] in compose["volumes"], name
+
+
+def test_env_example_lists_every_variable_and_leaves_secrets_empty():
+    # Given `NAME=value` and commented-out `# NAME=value` lines
+    lines = dict(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE))
+
+    read = variables_read([*SETTINGS_FILES, ROOT / "devstack" / "config.py"])
+    interpolated = {variable for variable, _ in INTERPOLATION.findall(COMPOSE.read_text())}
+    missing = (read | interpolated | set(NON_SETTINGS_VARIABLES)) - set(lines)
+    assert not missing, f".env.example lacks {sorted(missing)}"
+    for secret in SECRETS:
+        assert lines[secret] == "", f"{secret} has a value in .env.example"
+    assert lines["RABBITMQ_DEFAULT_USER"] not in ("", "guest")

@@ -1,0 +1,221 @@
+"""The event backbone end to end: real RabbitMQ, real worker and relay processes, a real database."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import uuid
+from contextlib import suppress
+from pathlib import Path
+
+import jsonschema
+import pytest
+import requests
+from django.conf import settings
+from django.core.management import call_command
+from django_celery_results.models import TaskResult
+from kombu import Connection, Queue
+
+from eventbus.envelope import CONTENT_TYPE, from_dict
+from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
+from eventbus.subscriptions import handler_by_name
+from eventbus.topology import event_exchange
+from inventory.models import Product, Reservation
+from orders.events import OrderPlaced
+from orders.services import LineRequest, order_place
+from tests import factories
+from tests.harness import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def listener(workers, broker_url):
+    """A queue of the test's own, bound to `orders.events` for every order event: no code change needed."""
+    queue = Queue(f"test-listener-{uuid.uuid4().hex[:8]}", event_exchange("orders"), routing_key="order.#")
+    with Connection(broker_url) as connection:
+        bound = queue(connection.default_channel)
+        bound.declare()
+        yield bound
+        bound.delete()
+
+
+def received(queue, *, timeout: float = 20) -> list:
+    messages = []
+
+    def drain():
+        while (message := queue.get(no_ack=True)) is not None:
+            messages.append(message)
+        return messages
+
+    wait_for(drain, timeout=timeout, what=f"a message on {queue.name}")
+    return messages
+
+
+def publish_raw(broker_url: str, body: bytes, *, content_type: str, routing_key: str = "order.placed") -> None:
+    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+        connection.Producer().publish(
+            body,
+            exchange=event_exchange("orders"),
+            routing_key=routing_key,
+            content_type=content_type,
+            content_encoding="binary" if content_type.endswith("serialize") else "utf-8",
+        )
+
+
+def place(*lines: tuple[str, int]):
+    return order_place(customer_email="a@example.com", items=[LineRequest(sku, qty) for sku, qty in lines])
+
+
+def reservation_of(order_id) -> Reservation:
+    return wait_for(lambda: Reservation.objects.filter(order_id=order_id).first(), what=f"reservation of {order_id}")
+
+
+def task_result(handler: str, event_id: str, expected: str) -> TaskResult:
+    task_id = handler_by_name(handler).task_id(event_id)
+    return wait_for(
+        lambda: TaskResult.objects.filter(task_id=task_id, result=json.dumps(expected)).first(),
+        what=f"{handler} to report {expected} for {event_id}",
+    )
+
+
+def test_order_placed_is_published_once_as_a_valid_cloudevent_and_fans_out(listener):
+    # Given products, when an order is placed
+    factories.product("P001", stock=10)
+    order = place(("P001", 2))
+
+    # Then the inventory service's queue got it (stock is held) ...
+    assert reservation_of(order.id).status == Reservation.Status.HELD
+    assert Product.objects.get(sku="P001").stock_reserved == 2
+    # ... the outbox row went out once ...
+    wait_for(lambda: OutboxMessage.objects.filter(sent_at__isnull=False).exists(), what="the outbox row marked sent")
+    assert OutboxMessage.objects.filter(event_type="orders.OrderPlaced.v1").count() == 1
+    # ... and the test's own queue received exactly one valid CloudEvent whose data fits the schema.
+    messages = received(listener)
+    assert len(messages) == 1
+    message = messages[0]
+    assert message.content_type == CONTENT_TYPE
+    assert message.properties["delivery_mode"] == 2
+    body = json.loads(message.body)
+    assert {"specversion", "id", "source", "type", "time", "datacontenttype", "data", "correlationid",
+            "causationid"} <= body.keys()  # fmt: skip
+    assert body["specversion"] == "1.0" and body["type"] == "orders.OrderPlaced.v1" and body["source"] == "/orders"
+    assert body["correlationid"] == str(order.id)
+    jsonschema.validate(body["data"], OrderPlaced.contract.json_schema())
+    assert body["data"]["orderId"] == str(order.id)
+    assert body["data"]["items"] == [{"productId": "P001", "quantity": 2}]
+    assert body["data"]["totalAmount"] == "20.00" and body["data"]["currency"] == "USD"
+    from_dict(body)
+
+
+def test_a_duplicate_delivery_has_one_effect(listener, broker_url):
+    # Given an order whose OrderPlaced was handled
+    factories.product("P002", stock=10)
+    order = place(("P002", 3))
+    reservation_of(order.id)
+    original = received(listener)[0]
+    event_id = json.loads(original.body)["id"]
+    task_result("inventory.reserve_stock", event_id, "done")
+
+    # When the same event is delivered again
+    publish_raw(broker_url, original.body, content_type=CONTENT_TYPE)
+
+    # Then the handler sees it, recognises it, and changes nothing
+    task_result("inventory.reserve_stock", event_id, "duplicate")
+    assert Product.objects.get(sku="P002").stock_reserved == 3
+    assert InboxMessage.objects.filter(handler="inventory.reserve_stock", event_id=event_id).count() == 1
+
+
+def test_a_relay_killed_before_marking_rows_sent_causes_no_double_effect(workers):
+    # Given the relay is killed, and an order is placed meanwhile
+    factories.product("P003", stock=10)
+    workers.kill("relay")
+    order = place(("P003", 1))
+    row = OutboxMessage.objects.get(event_type="orders.OrderPlaced.v1")
+    assert row.sent_at is None
+
+    # When a relay comes back, it publishes the waiting row without a manual step
+    workers.start_relay()
+    reservation_of(order.id)
+    event_id = str(row.event_id)
+    task_result("inventory.reserve_stock", event_id, "done")
+
+    # And when a relay dies after publishing but before marking the row sent, the row goes out again
+    OutboxMessage.objects.filter(pk=row.pk).update(sent_at=None)
+    task_result("inventory.reserve_stock", event_id, "duplicate")
+
+    # Then the effect happened once
+    wait_for(lambda: OutboxMessage.objects.get(pk=row.pk).sent_at is not None, what="the row marked sent again")
+    assert Product.objects.get(sku="P003").stock_reserved == 1
+    assert InboxMessage.objects.filter(event_id=event_id, handler="inventory.reserve_stock").count() == 1
+
+
+class Exploit:
+    """Unpickling this creates a file: proof that a pickle body was loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_poison_messages_are_dead_lettered_never_loop_and_a_fixed_one_replays(workers, broker_url, tmp_path):
+    factories.product("P004", stock=10)
+    marker = tmp_path / "unpickled"
+    good_order = str(uuid.uuid4())
+    valid = {
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": "/orders", "type": "orders.OrderPlaced.v1",
+        "time": "2026-11-29T12:00:00Z", "datacontenttype": "application/json",
+        "data": {"orderId": good_order, "items": [{"productId": "P004", "quantity": 1}], "totalAmount": "10.00",
+                 "currency": "USD", "timestamp": "2026-11-29T12:00:00Z"},
+    }  # fmt: skip
+    wrong_schema = {**valid, "data": {**valid["data"], "items": []}}
+    unknown_type = {**valid, "id": str(uuid.uuid4()), "type": "orders.OrderTeleported.v1"}
+
+    # When poison arrives: malformed JSON, a wrong schema, an unknown type, and a pickle
+    publish_raw(broker_url, b'{"specversion": "1.0", "id": ', content_type=CONTENT_TYPE)
+    publish_raw(broker_url, json.dumps(wrong_schema).encode(), content_type=CONTENT_TYPE)
+    publish_raw(broker_url, json.dumps(unknown_type).encode(), content_type=CONTENT_TYPE)
+    publish_raw(broker_url, pickle.dumps(Exploit(marker)), content_type="application/x-python-serialize")
+
+    # Then each lands in the dead-letter store with its reason, at once and once
+    letters = wait_for(
+        lambda: (
+            (rows := list(DeadLetter.objects.filter(queue="inventory.events").order_by("id")))
+            and len(rows) >= 4
+            and rows
+        ),
+        what="four dead letters",
+    )
+    assert [row.reason for row in letters] == [DeadLetter.Reason.POISON] * 4
+    errors = [row.error for row in letters]
+    assert "not valid JSON" in errors[0]
+    assert "items" in errors[1]
+    assert "unknown event type" in errors[2]
+    assert "content type 'application/x-python-serialize' is not accepted" in errors[3]
+    assert not marker.exists(), "a pickle body was deserialized"
+    assert not Reservation.objects.exists()
+    assert _queue_depth(broker_url, "inventory.events") == 0
+    assert DeadLetter.objects.filter(queue="inventory.events").count() == 4
+
+    # And when the wrong-schema one is fixed and replayed, it goes through
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps(valid))
+    call_command("dlq", "replay", str(letters[1].pk), "--body-file", str(fixed))
+    assert reservation_of(good_order).status == Reservation.Status.HELD
+    replayed = DeadLetter.objects.get(pk=letters[1].pk)
+    assert replayed.replay_count == 1 and replayed.replayed_at is not None
+
+
+def _queue_depth(broker_url: str, queue: str) -> int:
+    vhost = broker_url.rsplit("/", 1)[1]
+    api = f"{settings.RABBITMQ_MANAGEMENT_URL}/api/queues/{vhost}/{queue}"
+
+    def settled():
+        info = requests.get(api, auth=("guest", "guest"), timeout=5).json()
+        return info if info.get("messages") == 0 else None
+
+    with suppress(AssertionError):
+        wait_for(settled, timeout=10, what=f"{queue} to drain")
+    return requests.get(api, auth=("guest", "guest"), timeout=5).json().get("messages", -1)
