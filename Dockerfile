@@ -14,9 +14,11 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
-# Collecting static files reads no secret and opens no connection, so the local settings do;
-# the production settings would refuse to load without the secrets.
-RUN DJANGO_SETTINGS_MODULE=orderproj.settings.local python manage.py collectstatic --noinput -v 0
+# The production settings (whitenoise's manifest storage) must collect the files they will serve.
+# Collecting opens no connection, so placeholders stand in for the secrets in this one step only.
+RUN DJANGO_SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=localhost DATABASE_URL=sqlite:////tmp/none \
+    CELERY_BROKER_URL=amqp://localhost// REDIS_URL=redis://localhost RABBITMQ_MANAGEMENT_URL=http://localhost \
+    python manage.py collectstatic --noinput -v 0
 
 # The code stays owned by root: the processes read it but cannot change it.
 USER app

@@ -141,15 +141,16 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="the whole system in the foreground")
     sub.add_parser("services", help="only RabbitMQ and Redis")
-    test_parser = sub.add_parser("test", help="the brokers, then pytest")
-    test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
+    sub.add_parser("test", help="the brokers, then pytest (any further arguments go to pytest)")
+    args, pytest_args = parser.parse_known_args()
+    if pytest_args and args.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
     config = StackConfig()
     try:
         if args.command == "run":
             return run(config)
         if args.command == "test":
-            return test(config, args.pytest_args)
+            return test(config, pytest_args)
         return services(config)
     except StackError as error:
         print(f"\033[1;31merror:\033[0m {error}", file=sys.stderr)

@@ -15,13 +15,15 @@ class OrderItem(EventData):
 
 @contract(producer="orders", name="OrderPlaced", version=1, routing_key="order.placed")
 class OrderPlaced(EventData):
-    """A customer placed an order. Field names follow the article's example (orderId, items, ...)."""
+    """A customer placed an order. Field names follow the article's example (orderId, items, ...);
+    `paymentToken` is the customer's payment token, sealed (encrypted) for the payments service."""
 
     order_id: UUID
     items: list[OrderItem] = Field(min_length=1)
     total_amount: Money
     currency: Currency
     timestamp: datetime
+    payment_token: str = Field(pattern=r"^sealed:")
 
 
 @contract(producer="orders", name="OrderConfirmed", version=1, routing_key="order.confirmed")

@@ -3,14 +3,15 @@
 from django.dispatch import receiver
 
 from eventbus.outbox import publish
+from eventbus.sealing import seal
 from orders.events import OrderItem, OrderPlaced
 from orders.models import Order
 from orders.signals import order_placed
 
 
 @receiver(order_placed, dispatch_uid="orders.publish_order_placed")
-def publish_order_placed(sender: type, order: Order, **_: object) -> None:
-    """Record OrderPlaced in the outbox, in the same transaction as the order."""
+def publish_order_placed(sender: type, order: Order, payment_token: str, **_: object) -> None:
+    """Record OrderPlaced in the outbox, in the same transaction as the order; the token travels sealed."""
     publish(
         OrderPlaced(
             order_id=order.id,
@@ -18,6 +19,7 @@ def publish_order_placed(sender: type, order: Order, **_: object) -> None:
             total_amount=f"{order.total_amount:.2f}",
             currency=order.currency,
             timestamp=order.created_at,
+            payment_token=seal(payment_token),
         ),
         correlation_id=str(order.id),
     )

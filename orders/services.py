@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -11,6 +12,7 @@ from orders.models import CatalogProduct, Order, OrderLine
 from orders.signals import order_placed
 
 MAX_QUANTITY_PER_LINE = 1000
+PAYMENT_TOKEN = re.compile(r"^tok_[A-Za-z0-9_]{1,64}$")
 MAX_LINES = 100
 
 
@@ -28,8 +30,10 @@ class LineRequest:
     quantity: int
 
 
-def order_place(*, customer_email: str, items: list[LineRequest]) -> Order:
+def order_place(*, customer_email: str, payment_token: str, items: list[LineRequest]) -> Order:
     """Create a pending order priced from the catalogue and announce it (OrderPlaced), all in one transaction."""
+    if not PAYMENT_TOKEN.match(payment_token):
+        raise OrderRejected({"payment_token": ["Expected a payment token like 'tok_visa'."]})
     if not items:
         raise OrderRejected({"items": ["An order needs at least one item."]})
     if len(items) > MAX_LINES:
@@ -51,7 +55,7 @@ def order_place(*, customer_email: str, items: list[LineRequest]) -> Order:
             OrderLine(order=order, product_id=sku, quantity=qty, unit_price=prices[sku].price)
             for sku, qty in quantities.items()
         )
-        order_placed.send(sender=Order, order=order)
+        order_placed.send(sender=Order, order=order, payment_token=payment_token)
     return order
 
 

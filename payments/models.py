@@ -19,6 +19,9 @@ class Payment(models.Model):
     amount = models.DecimalField(max_digits=14, decimal_places=2)
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=16, choices=Status.choices, db_index=True)
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    gateway_reference = models.CharField(max_length=100, blank=True)
+    decline_reason = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

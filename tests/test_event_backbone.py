@@ -6,6 +6,7 @@ import json
 import pickle
 import uuid
 from contextlib import suppress
+from decimal import Decimal
 from pathlib import Path
 
 import jsonschema
@@ -18,11 +19,13 @@ from kombu import Connection, Queue
 
 from eventbus.envelope import CONTENT_TYPE, from_dict
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
+from eventbus.sealing import seal
 from eventbus.subscriptions import handler_by_name
 from eventbus.topology import event_exchange
 from inventory.models import Product, Reservation
 from orders.events import OrderPlaced
 from orders.services import LineRequest, order_place
+from payments.models import Payment
 from tests import factories
 from tests.harness import wait_for
 
@@ -64,7 +67,9 @@ def publish_raw(broker_url: str, body: bytes, *, content_type: str, routing_key:
 
 
 def place(*lines: tuple[str, int]):
-    return order_place(customer_email="a@example.com", items=[LineRequest(sku, qty) for sku, qty in lines])
+    return order_place(
+        customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest(sku, qty) for sku, qty in lines]
+    )
 
 
 def reservation_of(order_id) -> Reservation:
@@ -84,9 +89,11 @@ def test_order_placed_is_published_once_as_a_valid_cloudevent_and_fans_out(liste
     factories.product("P001", stock=10)
     order = place(("P001", 2))
 
-    # Then the inventory service's queue got it (stock is held) ...
+    # Then the inventory service's queue got it (stock is held), so did the payments service's ...
     assert reservation_of(order.id).status == Reservation.Status.HELD
     assert Product.objects.get(sku="P001").stock_reserved == 2
+    payment = wait_for(lambda: Payment.objects.filter(order_id=order.id).first(), what="the payment")
+    assert payment.status == Payment.Status.AUTHORIZED and payment.amount == Decimal("20.00")
     # ... the outbox row went out once ...
     wait_for(lambda: OutboxMessage.objects.filter(sent_at__isnull=False).exists(), what="the outbox row marked sent")
     assert OutboxMessage.objects.filter(event_type="orders.OrderPlaced.v1").count() == 1
@@ -105,6 +112,7 @@ def test_order_placed_is_published_once_as_a_valid_cloudevent_and_fans_out(liste
     assert body["data"]["orderId"] == str(order.id)
     assert body["data"]["items"] == [{"productId": "P001", "quantity": 2}]
     assert body["data"]["totalAmount"] == "20.00" and body["data"]["currency"] == "USD"
+    assert body["data"]["paymentToken"].startswith("sealed:") and "tok_visa" not in str(message.body)
     from_dict(body)
 
 
@@ -168,7 +176,7 @@ def test_poison_messages_are_dead_lettered_never_loop_and_a_fixed_one_replays(wo
         "specversion": "1.0", "id": str(uuid.uuid4()), "source": "/orders", "type": "orders.OrderPlaced.v1",
         "time": "2026-11-29T12:00:00Z", "datacontenttype": "application/json",
         "data": {"orderId": good_order, "items": [{"productId": "P004", "quantity": 1}], "totalAmount": "10.00",
-                 "currency": "USD", "timestamp": "2026-11-29T12:00:00Z"},
+                 "currency": "USD", "timestamp": "2026-11-29T12:00:00Z", "paymentToken": seal("tok_visa")},
     }  # fmt: skip
     wrong_schema = {**valid, "data": {**valid["data"], "items": []}}
     unknown_type = {**valid, "id": str(uuid.uuid4()), "type": "orders.OrderTeleported.v1"}

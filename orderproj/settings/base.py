@@ -142,6 +142,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_TASK_PUBLISH_RETRY = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE = {
+    # The relay sweeps on its own; this catches rows it left behind while it was down.
+    "sweep-outbox": {"task": "eventbus.sweep_outbox", "schedule": 30.0},
+}
 # Quorum queues replicate and enforce a delivery limit; topic exchanges let retry countdowns
 # use RabbitMQ's native delayed delivery instead of holding ETAs in worker memory.
 CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
@@ -211,3 +215,4 @@ EVENTBUS_INTAKE_PREFETCH = env_int("EVENTBUS_INTAKE_PREFETCH", 64)
 EVENTBUS_RELAY_BATCH = env_int("EVENTBUS_RELAY_BATCH", 500)
 EVENTBUS_RELAY_POLL_SECONDS = float(os.environ.get("EVENTBUS_RELAY_POLL_SECONDS", "1"))
 EVENTBUS_RELAY_SWEEP_AGE_SECONDS = float(os.environ.get("EVENTBUS_RELAY_SWEEP_AGE_SECONDS", "10"))
+EVENTBUS_SEAL_KEY = os.environ.get("EVENTBUS_SEAL_KEY", "")  # encrypts secrets inside events; default: SECRET_KEY

@@ -17,11 +17,20 @@ def required(name: str) -> str:
 SECRET_KEY = required("DJANGO_SECRET_KEY")
 DEBUG = env_bool("DJANGO_DEBUG", False)  # noqa: F405
 ALLOWED_HOSTS = required("DJANGO_ALLOWED_HOSTS").split(",")
-DATABASES = {"default": dj_database_url.parse(required("DATABASE_URL"), conn_max_age=60)}  # noqa: F405
+DATABASES = {"default": dj_database_url.parse(required("DATABASE_URL"), conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}  # noqa: F405
 CELERY_BROKER_URL = required("CELERY_BROKER_URL")
 REDIS_URL = required("REDIS_URL")
 CACHES["default"]["LOCATION"] = REDIS_URL  # noqa: F405
 RABBITMQ_MANAGEMENT_URL = required("RABBITMQ_MANAGEMENT_URL")
+
+# Static files (the admin's CSS and JS) served by the app itself, compressed and cache-busted.
+WHITENOISE = "whitenoise.middleware.WhiteNoiseMiddleware"
+MIDDLEWARE = [*MIDDLEWARE]  # noqa: F405
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, WHITENOISE)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)  # noqa: F405

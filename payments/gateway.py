@@ -1,0 +1,70 @@
+"""The payment gateway interface and the demo gateway (no network).
+
+Demo tokens: `tok_decline` is declined; `tok_flaky` times out twice per idempotency key and then
+succeeds; any other `tok_...` succeeds. Authorizing again with the same idempotency key returns
+the same authorization, as real gateways do, so a retried authorization never charges twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+from django.core.cache import cache
+
+from eventbus.handling import TransientError
+
+
+class PaymentDeclined(Exception):
+    """The card network said no; retrying will not change that."""
+
+
+class GatewayUnavailable(TransientError):
+    """The gateway did not answer in time; the same request with the same idempotency key may succeed."""
+
+
+@dataclass(frozen=True)
+class Authorization:
+    reference: str
+
+
+class Gateway(Protocol):
+    def authorize(self, *, idempotency_key: str, token: str, amount: Decimal, currency: str) -> Authorization: ...
+    def capture(self, *, reference: str, amount: Decimal) -> None: ...
+    def void(self, *, reference: str) -> None: ...
+
+
+# Demo tokens, documented to every user: not secrets.
+DECLINED_TOKEN = "tok_decline"  # noqa: S105
+FLAKY_TOKEN = "tok_flaky"  # noqa: S105
+
+
+class DemoGateway:
+    FLAKY_FAILURES = 2
+
+    def authorize(self, *, idempotency_key: str, token: str, amount: Decimal, currency: str) -> Authorization:
+        if token == DECLINED_TOKEN:
+            raise PaymentDeclined("card declined")
+        if token == FLAKY_TOKEN and self._attempt(idempotency_key) <= self.FLAKY_FAILURES:
+            raise GatewayUnavailable("gateway timeout (demo token tok_flaky)")
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
+        return Authorization(reference=f"auth_{digest}")
+
+    def capture(self, *, reference: str, amount: Decimal) -> None:
+        """The demo network accepts every capture of an authorization it issued."""
+
+    def void(self, *, reference: str) -> None:
+        """The demo network accepts every void of an authorization it issued."""
+
+    @staticmethod
+    def _attempt(idempotency_key: str) -> int:
+        # The count lives in Redis, like a remote gateway's state: shared by every worker process.
+        key = f"demo-gateway:attempts:{idempotency_key}"
+        cache.add(key, 0, timeout=24 * 3600)
+        return cache.incr(key)
+
+
+def gateway() -> Gateway:
+    return DemoGateway()

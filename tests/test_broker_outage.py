@@ -1,0 +1,43 @@
+"""With RabbitMQ down, orders are still accepted; when it returns, every waiting event is delivered."""
+
+from __future__ import annotations
+
+import pytest
+
+from devstack.brokers import rabbitmqctl
+from devstack.config import StackConfig
+from eventbus.models import OutboxMessage
+from inventory.models import Reservation
+from orders.services import LineRequest, order_place
+from tests import factories
+from tests.harness import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.disruptive, pytest.mark.django_db(transaction=True)]
+
+
+def test_orders_are_accepted_while_the_broker_is_down_and_delivered_after_it_returns(workers):
+    config = StackConfig()
+    status = rabbitmqctl(config, "status")
+    if status.returncode != 0:
+        pytest.skip("the broker is not the project-local node this test can stop and start")
+    factories.product("P005", stock=50)
+
+    # Given the broker is stopped
+    assert rabbitmqctl(config, "stop_app").returncode == 0
+    try:
+        # When orders are placed, they are accepted and their events wait in the outbox
+        orders = [
+            order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P005", 1)])
+            for _ in range(3)
+        ]
+        assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 3
+    finally:
+        assert rabbitmqctl(config, "start_app").returncode == 0
+
+    # Then, with no manual step, every event is published and handled
+    wait_for(
+        lambda: Reservation.objects.filter(order_id__in=[o.id for o in orders]).count() == 3,
+        timeout=90,
+        what="the three orders' reservations after the broker came back",
+    )
+    assert not OutboxMessage.objects.filter(sent_at__isnull=True).exists()
