@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
+from eventbus.sealing import seal
 from inventory.models import Product
+from orders.events import OrderItem, OrderPlaced
 from orders.models import CatalogProduct
 
 
@@ -19,3 +22,15 @@ def product(sku: str = "P001", *, price: str = "10.00", stock: int = 10, name: s
         defaults={"name": name, "price": Decimal(price), "stock_on_hand": stock, "stock_reserved": 0, "revision": 1},
     )
     return item
+
+
+def order_placed(*lines: tuple[str, int], total: str = "150.00") -> OrderPlaced:
+    """OrderPlaced data as the orders service would publish it (default: two of P001)."""
+    return OrderPlaced(
+        order_id=uuid.uuid4(),
+        items=[OrderItem(product_id=sku, quantity=qty) for sku, qty in lines or [("P001", 2)]],
+        total_amount=total,
+        currency="USD",
+        timestamp="2023-10-05T12:00:00Z",
+        payment_token=seal("tok_visa"),
+    )

@@ -1,0 +1,76 @@
+"""Publishing into the outbox and applying a handler exactly once, called directly (no worker)."""
+
+from dataclasses import replace
+
+import pytest
+from django.db import transaction
+
+from eventbus.envelope import CloudEvent, from_dict
+from eventbus.handling import _apply_once, backoff
+from eventbus.models import InboxMessage, OutboxMessage
+from eventbus.outbox import HopLimitExceeded, publish
+from eventbus.subscriptions import handler_by_name
+from inventory.models import Product
+from orders.services import LineRequest, order_place
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+def placed_event() -> CloudEvent:
+    return from_dict(OutboxMessage.objects.get(event_type="orders.OrderPlaced.v1").body)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publish_needs_the_transaction_of_the_change_it_announces():
+    with pytest.raises(RuntimeError, match="inside the transaction"):
+        publish(factories.order_placed())
+    assert not OutboxMessage.objects.exists()
+
+
+def test_publish_writes_an_outbox_row_and_nudges_the_relay_after_commit(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks, transaction.atomic():
+        event = publish(factories.order_placed(), correlation_id="saga-7")
+    row = OutboxMessage.objects.get()
+    assert (row.exchange, row.routing_key, str(row.event_id)) == ("orders.events", "order.placed", event.id)
+    assert row.sent_at is None and row.body["correlationid"] == "saga-7"
+    assert len(callbacks) == 1
+
+
+def test_a_handler_applies_an_event_once_and_its_events_inherit_correlation_and_causation():
+    # Given an order whose OrderPlaced sits in the outbox
+    factories.product("P001", stock=5)
+    order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P001", 2)])
+    event = placed_event()
+    handler = handler_by_name("inventory.reserve_stock")
+
+    # When the inventory handler gets it twice
+    first = _apply_once(handler, event, "task-1")
+    second = _apply_once(handler, event, "task-1")
+
+    # Then stock is held once, and StockReserved continues the saga's chain
+    assert (first, second) == ("done", "duplicate")
+    assert Product.objects.get(sku="P001").stock_reserved == 2
+    assert InboxMessage.objects.filter(handler=handler.name, event_id=event.id).count() == 1
+    reserved = OutboxMessage.objects.get(event_type="inventory.StockReserved.v1").body
+    assert reserved["correlationid"] == event.correlationid
+    assert reserved["causationid"] == event.id and reserved["hops"] == event.hops + 1
+
+
+def test_the_hop_limit_stops_a_chain_that_grows_too_long(settings):
+    factories.product("P001", stock=5)
+    order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P001", 1)])
+    event = placed_event()
+    looping = replace(event, hops=settings.EVENTBUS_MAX_HOPS)
+    with pytest.raises(HopLimitExceeded):
+        _apply_once(handler_by_name("inventory.reserve_stock"), looping, "task-2")
+    assert not InboxMessage.objects.exists(), "the failed attempt left no trace"
+    assert Product.objects.get(sku="P001").stock_reserved == 0
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_a_cap(settings):
+    settings.EVENTBUS_RETRY_BASE_DELAY, settings.EVENTBUS_RETRY_MAX_DELAY = 1.0, 10.0
+    for attempt, ceiling in [(0, 1), (1, 2), (2, 4), (3, 8), (4, 10), (12, 10)]:
+        delays = [backoff(attempt) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), (attempt, min(delays), max(delays))
+        assert len(set(delays)) > 1, "jittered"
