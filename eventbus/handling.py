@@ -50,35 +50,32 @@ class HandlerTask(Task):
     max_retries = None
 
 
-def backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter, capped: attempt 0 waits up to base, then 2x, 4x, ..."""
+def backoff(attempt: int) -> int:
+    """Exponential backoff with jitter, capped: attempt 0 waits up to base, then 2x, 4x, ... In whole
+    seconds, at least one: RabbitMQ's native delayed delivery, which holds the retry, counts seconds."""
     ceiling = min(settings.EVENTBUS_RETRY_MAX_DELAY, settings.EVENTBUS_RETRY_BASE_DELAY * (2**attempt))
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not cryptography)
+    return max(1, round(random.uniform(ceiling / 2, ceiling)))  # noqa: S311 (jitter, not cryptography)
 
 
-def run_handler(task: HandlerTask, handler: Handler, raw_event: dict[str, Any]) -> str:
-    """Apply `handler` to the event once; return what happened (`done` or `duplicate`)."""
+def run_handler(task: HandlerTask, handler: Handler, raw_event: dict[str, Any]) -> dict[str, Any]:
+    """Apply `handler` to the event once. The result (kept by the result backend) says what happened,
+    `done` or `duplicate`, and on which attempt, so retries are visible in Flower and the admin."""
     attempt = task.request.retries
     try:
         event = from_dict(raw_event)
-        return _apply_once(handler, event, task.request.id or "")
+        return {"outcome": _apply_once(handler, event, task.request.id or ""), "attempt": attempt + 1}
     except PERMANENT as error:
         _dead_letter(handler, raw_event, error, DeadLetter.Reason.PERMANENT, attempt + 1)
         raise
-    except TRANSIENT as error:
-        if attempt + 1 >= settings.EVENTBUS_MAX_ATTEMPTS:
-            _dead_letter(handler, raw_event, error, DeadLetter.Reason.EXHAUSTED, attempt + 1)
-            raise
-        delay = backoff(attempt)
-        logger.warning("%s: %s on attempt %d, retrying in %.1fs", handler.name, error, attempt + 1, delay)
-        raise task.retry(exc=error, countdown=delay, max_retries=None) from error
     except Exception as error:
-        # An unexpected error is treated as possibly transient, within the same attempt budget.
         if attempt + 1 >= settings.EVENTBUS_MAX_ATTEMPTS:
             _dead_letter(handler, raw_event, error, DeadLetter.Reason.EXHAUSTED, attempt + 1)
             raise
         delay = backoff(attempt)
-        logger.exception("%s failed on attempt %d, retrying in %.1fs", handler.name, attempt + 1, delay)
+        # An unexpected error is treated as possibly transient too, within the same attempt budget,
+        # but logged with its traceback.
+        log = logger.warning if isinstance(error, TRANSIENT) else logger.exception
+        log("%s: %s on attempt %d, retrying in %ds", handler.name, error, attempt + 1, delay)
         raise task.retry(exc=error, countdown=delay, max_retries=None) from error
 
 

@@ -98,7 +98,7 @@ def handler_by_name(name: str) -> Handler:
 def _register_task(handler: Handler) -> None:
     from eventbus.handling import HandlerTask, run_handler
 
-    def task(self: HandlerTask, event: dict[str, Any]) -> str:
+    def task(self: HandlerTask, event: dict[str, Any]) -> dict[str, Any]:
         return run_handler(self, handler, event)
 
     task.__name__ = handler.function.__name__

@@ -76,12 +76,16 @@ def reservation_of(order_id) -> Reservation:
     return wait_for(lambda: Reservation.objects.filter(order_id=order_id).first(), what=f"reservation of {order_id}")
 
 
-def task_result(handler: str, event_id: str, expected: str) -> TaskResult:
+def task_result(handler: str, event_id: str, outcome: str) -> dict:
+    """Wait for the handler's task (one row per handler and event) to report `outcome`; return its result."""
     task_id = handler_by_name(handler).task_id(event_id)
-    return wait_for(
-        lambda: TaskResult.objects.filter(task_id=task_id, result=json.dumps(expected)).first(),
-        what=f"{handler} to report {expected} for {event_id}",
-    )
+
+    def reported():
+        row = TaskResult.objects.filter(task_id=task_id, status="SUCCESS").first()
+        result = json.loads(row.result) if row else None
+        return result if result and result["outcome"] == outcome else None
+
+    return wait_for(reported, what=f"{handler} to report {outcome} for {event_id}")
 
 
 def test_order_placed_is_published_once_as_a_valid_cloudevent_and_fans_out(listener):
@@ -166,6 +170,19 @@ class Exploit:
 
     def __reduce__(self):
         return (open, (str(self.marker), "w"))
+
+
+def test_a_transient_failure_is_retried_with_backoff_and_the_retries_show_in_the_task_result(listener):
+    # Given the demo gateway times out twice for tok_flaky
+    factories.product("P006", stock=10)
+    order = order_place(customer_email="a@example.com", payment_token="tok_flaky", items=[LineRequest("P006", 1)])
+    event_id = json.loads(received(listener)[0].body)["id"]
+
+    # Then the authorization succeeds on the third attempt, once, under one task id
+    result = task_result("payments.authorize_payment", event_id, "done")
+    assert result["attempt"] == 3
+    assert Payment.objects.get(order_id=order.id).status == Payment.Status.AUTHORIZED
+    assert TaskResult.objects.filter(task_name="payments.authorize_payment").count() == 1
 
 
 def test_poison_messages_are_dead_lettered_never_loop_and_a_fixed_one_replays(workers, broker_url, tmp_path):

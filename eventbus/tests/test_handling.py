@@ -1,13 +1,14 @@
 """Publishing into the outbox and applying a handler exactly once, called directly (no worker)."""
 
+import json
 from dataclasses import replace
 
 import pytest
 from django.db import transaction
 
-from eventbus.envelope import CloudEvent, from_dict
-from eventbus.handling import _apply_once, backoff
-from eventbus.models import InboxMessage, OutboxMessage
+from eventbus.envelope import CloudEvent, from_dict, new_event
+from eventbus.handling import PermanentError, TransientError, _apply_once, backoff, run_handler
+from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 from eventbus.outbox import HopLimitExceeded, publish
 from eventbus.subscriptions import handler_by_name
 from inventory.models import Product
@@ -72,5 +73,55 @@ def test_backoff_grows_exponentially_with_jitter_up_to_a_cap(settings):
     settings.EVENTBUS_RETRY_BASE_DELAY, settings.EVENTBUS_RETRY_MAX_DELAY = 1.0, 10.0
     for attempt, ceiling in [(0, 1), (1, 2), (2, 4), (3, 8), (4, 10), (12, 10)]:
         delays = [backoff(attempt) for _ in range(50)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays), (attempt, min(delays), max(delays))
-        assert len(set(delays)) > 1, "jittered"
+        assert all(isinstance(d, int) and max(1, ceiling // 2) <= d <= ceiling for d in delays), (attempt, delays)
+        if ceiling >= 4:
+            assert len(set(delays)) > 1, "jittered"
+
+
+class FakeTask:
+    """Stands in for the bound Celery task: its request's retry count, and retry() recording the countdown."""
+
+    class Retry(Exception):
+        pass
+
+    def __init__(self, retries: int) -> None:
+        self.request = type("Request", (), {"retries": retries, "id": "task-x"})()
+        self.countdowns: list[float] = []
+
+    def retry(self, *, exc, countdown, max_retries):
+        self.countdowns.append(countdown)
+        return self.Retry()
+
+
+def failing_handler(error: Exception):
+    def explode(data, event):
+        raise error
+
+    return replace(handler_by_name("inventory.reserve_stock"), function=explode)
+
+
+def test_a_transient_error_retries_until_the_attempts_run_out_then_is_dead_lettered(settings):
+    settings.EVENTBUS_MAX_ATTEMPTS = 3
+    raw = new_event(factories.order_placed()).to_dict()
+    handler = failing_handler(TransientError("gateway timeout"))
+
+    for retries in (0, 1):
+        task = FakeTask(retries)
+        with pytest.raises(FakeTask.Retry):
+            run_handler(task, handler, raw)
+        assert 0 < task.countdowns[0] <= settings.EVENTBUS_RETRY_MAX_DELAY
+    assert not DeadLetter.objects.exists()
+
+    with pytest.raises(TransientError):
+        run_handler(FakeTask(2), handler, raw)
+    letter = DeadLetter.objects.get()
+    assert (letter.reason, letter.attempts, letter.handler) == ("exhausted", 3, "inventory.reserve_stock")
+    assert "TransientError: gateway timeout" in letter.error and "Traceback" in letter.traceback
+    assert letter.event_id == raw["id"] and json.loads(letter.body) == raw
+
+
+def test_a_permanent_error_is_dead_lettered_at_once():
+    raw = new_event(factories.order_placed()).to_dict()
+    with pytest.raises(PermanentError):
+        run_handler(FakeTask(0), failing_handler(PermanentError("bad payload")), raw)
+    assert DeadLetter.objects.get().reason == "permanent"
