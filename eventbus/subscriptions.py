@@ -68,8 +68,8 @@ class Subscriber:
         return register
 
     def bindings(self) -> set[tuple[str, str]]:
-        """(exchange, routing key) pairs this service's queue is bound with."""
-        return {(f"{h.contract.producer}.events", h.contract.routing_key) for h in self.handlers}
+        """(producer, routing key) pairs this service's queue is bound with, on the producer's exchange."""
+        return {(h.contract.producer, h.contract.routing_key) for h in self.handlers}
 
     def handlers_for(self, event: CloudEvent) -> list[Handler]:
         family = event.type.rsplit(".v", 1)[0]

@@ -41,8 +41,7 @@ def subscriber_queue(subscriber: Subscriber) -> Queue:
     return Queue(
         subscriber.queue,
         bindings=[
-            binding(event_exchange(exchange.removesuffix(".events")), routing_key=key)
-            for exchange, key in sorted(subscriber.bindings())
+            binding(event_exchange(producer), routing_key=key) for producer, key in sorted(subscriber.bindings())
         ],
         durable=True,
         queue_arguments={

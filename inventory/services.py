@@ -117,30 +117,33 @@ def _hold(sku: str, quantity: int) -> RejectedLine | None:
 @transaction.atomic
 def stock_release(*, order_id: UUID) -> Reservation | None:
     """Give back what a cancelled order held (once); a rejected or unknown reservation has nothing to give."""
-    reservation = Reservation.objects.select_for_update().filter(order_id=order_id).first()
-    if reservation is None or reservation.status != Reservation.Status.HELD:
-        return reservation
-    for line in sorted(reservation.lines, key=lambda line: line["product_id"]):
-        Product.objects.filter(sku=line["product_id"]).update(stock_reserved=F("stock_reserved") - line["quantity"])
-    reservation.status = Reservation.Status.RELEASED
-    reservation.save(update_fields=["status", "updated_at"])
-    publish(StockReleased(order_id=order_id, lines=_reserved_lines(_from_json(reservation.lines))))
+    reservation, settled = _settle(order_id, Reservation.Status.RELEASED, ship=False)
+    if settled:
+        publish(StockReleased(order_id=order_id, lines=_reserved_lines(_from_json(reservation.lines))))
     return reservation
 
 
 @transaction.atomic
 def stock_commit(*, order_id: UUID) -> Reservation | None:
     """A confirmed order's held stock leaves the warehouse: on hand and reserved both go down."""
+    reservation, _ = _settle(order_id, Reservation.Status.COMMITTED, ship=True)
+    return reservation
+
+
+def _settle(order_id: UUID, status: str, *, ship: bool) -> tuple[Reservation | None, bool]:
+    """End a held reservation (once): un-reserve its lines, and with `ship` take them off hand too."""
     reservation = Reservation.objects.select_for_update().filter(order_id=order_id).first()
     if reservation is None or reservation.status != Reservation.Status.HELD:
-        return reservation
+        return reservation, False
     for line in sorted(reservation.lines, key=lambda line: line["product_id"]):
-        Product.objects.filter(sku=line["product_id"]).update(
-            stock_reserved=F("stock_reserved") - line["quantity"], stock_on_hand=F("stock_on_hand") - line["quantity"]
-        )
-    reservation.status = Reservation.Status.COMMITTED
+        quantity = line["quantity"]
+        changes = {"stock_reserved": F("stock_reserved") - quantity}
+        if ship:
+            changes["stock_on_hand"] = F("stock_on_hand") - quantity
+        Product.objects.filter(sku=line["product_id"]).update(**changes)
+    reservation.status = status
     reservation.save(update_fields=["status", "updated_at"])
-    return reservation
+    return reservation, True
 
 
 def _as_json(wanted: dict[str, int]) -> list[dict[str, object]]:
