@@ -55,7 +55,7 @@ def workers(stack_env: dict[str, str]) -> Iterator[ProcessGroup]:
     group = ProcessGroup(env=stack_env)
     try:
         for service, queues in SERVICE_QUEUES.items():
-            group.start_worker(service, queues)
+            group.start_worker(service, queues, concurrency=2)
         wait_for_workers(app, [f"{service}-test" for service in SERVICE_QUEUES], group)
         group.start_relay()
         yield group

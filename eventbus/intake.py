@@ -71,7 +71,7 @@ class EventIntake(bootsteps.ConsumerStep):
         except PoisonMessage as error:
             self._dead_letter(subscriber, message, DeadLetter.Reason.POISON, str(error))
             return
-        handlers = subscriber.handlers_for(event)
+        handlers = subscriber.handlers_for(event.type)
         try:
             for handler in handlers:
                 self.app.send_task(

@@ -10,6 +10,7 @@ class OutboxMessage(models.Model):
     event_type = models.CharField(max_length=200)
     exchange = models.CharField(max_length=200)
     routing_key = models.CharField(max_length=200)
+    correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
     body = models.JSONField(help_text="The whole CloudEvent, as published.")
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)

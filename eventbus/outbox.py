@@ -25,7 +25,10 @@ class HopLimitExceeded(RuntimeError):
 
 
 def publish(data: EventData, *, correlation_id: str = "") -> CloudEvent:
-    """Record `data` as an event to publish once the surrounding transaction commits."""
+    """Record `data` as an event to publish once the surrounding transaction commits.
+
+    Inside a handler the event continues the handled event's chain (its correlation id, the
+    handled event as causation); elsewhere it starts a chain under `correlation_id`."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("publish() must run inside the transaction whose change the event announces")
     cause = current_event.get()
@@ -42,6 +45,7 @@ def publish(data: EventData, *, correlation_id: str = "") -> CloudEvent:
         event_type=event.type,
         exchange=f"{contract.producer}.events",
         routing_key=contract.routing_key,
+        correlation_id=event.correlationid or event.id,
         body=event.to_dict(),
     )
     transaction.on_commit(nudge_relay)

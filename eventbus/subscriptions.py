@@ -71,8 +71,9 @@ class Subscriber:
         """(producer, routing key) pairs this service's queue is bound with, on the producer's exchange."""
         return {(h.contract.producer, h.contract.routing_key) for h in self.handlers}
 
-    def handlers_for(self, event: CloudEvent) -> list[Handler]:
-        family = event.type.rsplit(".v", 1)[0]
+    def handlers_for(self, event_type: str) -> list[Handler]:
+        """The handlers of any version of `event_type` (each reads it upcast to its own version)."""
+        family = event_type.rsplit(".v", 1)[0]
         return [h for h in self.handlers if h.contract.family == family]
 
 

@@ -1,25 +1,25 @@
 """Product catalogue API."""
 
-from rest_framework import generics, serializers
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from inventory.models import Product
-from inventory.selectors import product_list
-
-
-class ProductSerializer(serializers.ModelSerializer):
-    product_id = serializers.CharField(source="sku")
-    available = serializers.IntegerField(read_only=True)
-
-    class Meta:
-        model = Product
-        fields = ["product_id", "name", "price", "available"]
+from inventory.selectors import product_list_available
 
 
-class ProductListApi(generics.ListAPIView):
+class ProductSerializer(serializers.Serializer):
+    product_id = serializers.CharField()
+    name = serializers.CharField()
+    price = serializers.DecimalField(max_digits=12, decimal_places=2)
+    currency = serializers.CharField()
+    available = serializers.IntegerField(help_text="Units new orders can still get (on hand minus reserved).")
+
+
+class ProductListApi(APIView):
     """Products with their price and the stock available to new orders."""
 
-    serializer_class = ProductSerializer
-    pagination_class = None
-
-    def get_queryset(self):
-        return product_list()
+    @extend_schema(responses=ProductSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        return Response(ProductSerializer(product_list_available(), many=True).data)

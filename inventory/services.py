@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from uuid import UUID
 
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
+from redis.exceptions import RedisError
 
 from eventbus.outbox import publish
 from inventory.events import ProductChanged, RejectedLine, ReservedLine, StockRejected, StockReleased, StockReserved
 from inventory.models import Product, Reservation
+from inventory.selectors import AVAILABILITY_TTL, availability_key
+
+logger = logging.getLogger(__name__)
 
 DEMO_PRODUCTS = [
     ("P001", "Espresso beans 1 kg", "75.00", 100),
@@ -50,6 +56,7 @@ def product_upsert(
     if changed:
         product.revision += 1
     product.save()
+    _refresh_availability_on_commit([product.sku])
     if changed:
         publish(
             ProductChanged(
@@ -97,6 +104,7 @@ def stock_reserve(*, order_id: UUID, lines: list[tuple[str, int]]) -> Reservatio
         publish(StockRejected(order_id=order_id, lines=shortage.lines))
         return reservation
     reservation = Reservation.objects.create(order_id=order_id, status=Reservation.Status.HELD, lines=_as_json(wanted))
+    _refresh_availability_on_commit(list(wanted))
     publish(StockReserved(order_id=order_id, lines=_reserved_lines(wanted)))
     return reservation
 
@@ -133,6 +141,13 @@ def stock_commit(*, order_id: UUID) -> Reservation | None:
 def _settle(order_id: UUID, status: str, *, ship: bool) -> tuple[Reservation | None, bool]:
     """End a held reservation (once): un-reserve its lines, and with `ship` take them off hand too."""
     reservation = Reservation.objects.select_for_update().filter(order_id=order_id).first()
+    if reservation is None and not ship:
+        # The cancellation overtook the order (a retried reservation, a timeout): leave a released
+        # record so that the late reservation finds it and holds nothing.
+        reservation = Reservation.objects.create(
+            order_id=order_id, status=Reservation.Status.RELEASED, lines=[], reason="cancelled before reservation"
+        )
+        return reservation, False
     if reservation is None or reservation.status != Reservation.Status.HELD:
         return reservation, False
     for line in sorted(reservation.lines, key=lambda line: line["product_id"]):
@@ -143,7 +158,26 @@ def _settle(order_id: UUID, status: str, *, ship: bool) -> tuple[Reservation | N
         Product.objects.filter(sku=line["product_id"]).update(**changes)
     reservation.status = status
     reservation.save(update_fields=["status", "updated_at"])
+    _refresh_availability_on_commit([line["product_id"] for line in reservation.lines])
     return reservation, True
+
+
+def _refresh_availability_on_commit(skus: list[str]) -> None:
+    transaction.on_commit(lambda: availability_refresh(skus=skus))
+
+
+def availability_refresh(*, skus: list[str]) -> None:
+    """Write the committed availability of `skus` to the Redis cache that the products API reads."""
+    available = {
+        availability_key(sku): on_hand - reserved
+        for sku, on_hand, reserved in Product.objects.filter(sku__in=skus).values_list(
+            "sku", "stock_on_hand", "stock_reserved"
+        )
+    }
+    try:
+        cache.set_many(available, timeout=AVAILABILITY_TTL)
+    except RedisError as error:  # the entries expire; the API falls back to the database meanwhile
+        logger.warning("availability cache not updated for %s: %s", skus, error)
 
 
 def _as_json(wanted: dict[str, int]) -> list[dict[str, object]]:

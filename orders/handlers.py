@@ -1,13 +1,39 @@
-"""The orders service's subscriptions: its catalogue copy now; the saga's legs join in the saga issue."""
+"""The orders service's subscriptions: the saga's two legs, and its copy of the catalogue."""
 
 from decimal import Decimal
 
 from eventbus.envelope import CloudEvent
 from eventbus.subscriptions import Subscriber
-from inventory.events import ProductChanged
-from orders.services import catalog_product_apply
+from inventory.events import ProductChanged, StockRejected, StockReserved
+from orders.models import Order
+from orders.services import catalog_product_apply, order_record_leg
+from payments.events import PaymentAuthorized, PaymentDeclined
 
 orders = Subscriber("orders", queue="orders.events-in")
+
+
+@orders.on(StockReserved)
+def stock_reserved(data: StockReserved, event: CloudEvent) -> None:
+    order_record_leg(order_id=data.order_id, stock=Order.StockLeg.RESERVED)
+
+
+@orders.on(StockRejected)
+def stock_rejected(data: StockRejected, event: CloudEvent) -> None:
+    reason = ", ".join(
+        f"{line.product_id} {line.reason} (requested {line.requested}, available {line.available})"
+        for line in data.lines
+    )
+    order_record_leg(order_id=data.order_id, stock=Order.StockLeg.REJECTED, reason=reason)
+
+
+@orders.on(PaymentAuthorized)
+def payment_authorized(data: PaymentAuthorized, event: CloudEvent) -> None:
+    order_record_leg(order_id=data.order_id, payment=Order.PaymentLeg.AUTHORIZED)
+
+
+@orders.on(PaymentDeclined)
+def payment_declined(data: PaymentDeclined, event: CloudEvent) -> None:
+    order_record_leg(order_id=data.order_id, payment=Order.PaymentLeg.DECLINED, reason=data.reason)
 
 
 @orders.on(ProductChanged)

@@ -13,10 +13,26 @@ class Order(models.Model):
         CONFIRMED = "confirmed"
         CANCELLED = "cancelled"
 
+    class StockLeg(models.TextChoices):
+        PENDING = "pending"
+        RESERVED = "reserved"
+        REJECTED = "rejected"
+
+    class PaymentLeg(models.TextChoices):
+        PENDING = "pending"
+        AUTHORIZED = "authorized"
+        DECLINED = "declined"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     customer_email = models.EmailField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
     cancel_reason = models.CharField(max_length=500, blank=True)
+    # The saga keeps each leg's outcome, so events in any order and repeated give the same decision.
+    stock_leg = models.CharField(max_length=16, choices=StockLeg.choices, default=StockLeg.PENDING)
+    stock_reason = models.CharField(max_length=500, blank=True)
+    payment_leg = models.CharField(max_length=16, choices=PaymentLeg.choices, default=PaymentLeg.PENDING)
+    payment_reason = models.CharField(max_length=500, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
     total_amount = models.DecimalField(max_digits=14, decimal_places=2)
     currency = models.CharField(max_length=3, default="USD")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -1,17 +1,24 @@
-"""Orders writes: placing an order, and keeping the local catalogue current."""
+"""Orders writes: placing an order, the saga that confirms or cancels it, and the local catalogue."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
+from uuid import UUID
 
 from django.db import transaction
+from django.utils import timezone
 
+from eventbus.outbox import publish
+from orders.events import OrderCancelled, OrderConfirmed, OrderItem
 from orders.models import CatalogProduct, Order, OrderLine
+from orders.saga import decide
 from orders.signals import order_placed
 
 MAX_QUANTITY_PER_LINE = 1000
+TIMEOUT = "timeout"
 PAYMENT_TOKEN = re.compile(r"^tok_[A-Za-z0-9_]{1,64}$")
 MAX_LINES = 100
 
@@ -80,3 +87,59 @@ def catalog_product_apply(*, sku: str, name: str, price: Decimal, currency: str,
         sku=sku, defaults={"name": name, "price": price, "currency": currency, "revision": revision}
     )
     return created
+
+
+@transaction.atomic
+def order_record_leg(
+    *, order_id: UUID, stock: str | None = None, payment: str | None = None, reason: str = ""
+) -> Order | None:
+    """Record one leg's outcome and let the saga decide. A leg is recorded once: a repeated or
+    late event changes nothing, so any order and any duplication of events ends the same way."""
+    order = Order.objects.select_for_update().filter(pk=order_id).first()
+    if order is None:
+        return None
+    if stock and order.stock_leg == Order.StockLeg.PENDING:
+        order.stock_leg, order.stock_reason = stock, reason
+    if payment and order.payment_leg == Order.PaymentLeg.PENDING:
+        order.payment_leg, order.payment_reason = payment, reason
+    decision = decide(
+        stock=order.stock_leg, stock_reason=order.stock_reason,
+        payment=order.payment_leg, payment_reason=order.payment_reason,
+    )  # fmt: skip
+    if decision is not None and order.status == Order.Status.PENDING:
+        _decide(order, decision.status, decision.reason)
+    elif decision is not None and order.status == Order.Status.CANCELLED and order.cancel_reason != TIMEOUT:
+        order.cancel_reason = decision.reason  # a second failed leg joins the reason
+    order.save()
+    return order
+
+
+def _decide(order: Order, status: str, reason: str = "") -> None:
+    order.status, order.cancel_reason, order.decided_at = status, reason, timezone.now()
+    if status == Order.Status.CONFIRMED:
+        lines = list(order.lines.all())
+        publish(
+            OrderConfirmed(
+                order_id=order.id,
+                items=[OrderItem(product_id=line.product_id, quantity=line.quantity) for line in lines],
+                total_amount=f"{order.total_amount:.2f}",
+                currency=order.currency,
+            ),
+            correlation_id=str(order.id),
+        )
+    else:
+        publish(OrderCancelled(order_id=order.id, reason=reason), correlation_id=str(order.id))
+
+
+def order_cancel_stale(*, older_than: timedelta) -> int:
+    """Cancel (reason `timeout`, with compensation) every order still pending after `older_than`."""
+    cancelled = 0
+    stale = Order.objects.filter(status=Order.Status.PENDING, created_at__lt=timezone.now() - older_than)
+    for order_id in stale.values_list("id", flat=True):
+        with transaction.atomic():
+            order = Order.objects.select_for_update().get(pk=order_id)
+            if order.status == Order.Status.PENDING:
+                _decide(order, Order.Status.CANCELLED, TIMEOUT)
+                order.save()
+                cancelled += 1
+    return cancelled

@@ -145,7 +145,9 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     # The relay sweeps on its own; this catches rows it left behind while it was down.
     "sweep-outbox": {"task": "eventbus.sweep_outbox", "schedule": 30.0},
+    "cancel-stale-orders": {"task": "orders.cancel_stale_orders", "schedule": 15.0},
 }
+ORDER_PENDING_TIMEOUT_SECONDS = env_int("ORDER_PENDING_TIMEOUT_SECONDS", 120)
 # Quorum queues replicate and enforce a delivery limit; topic exchanges let retry countdowns
 # use RabbitMQ's native delayed delivery instead of holding ETAs in worker memory.
 CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
