@@ -30,12 +30,15 @@ from tests import factories
 from tests.harness import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+# The saga moves on after the step a test looks at: held stock gets committed, authorizations captured.
+TOOK_STOCK = {Reservation.Status.HELD, Reservation.Status.COMMITTED}
+TOOK_PAYMENT = {Payment.Status.AUTHORIZED, Payment.Status.CAPTURED}
 
 
 @pytest.fixture
 def listener(workers, broker_url):
-    """A queue of the test's own, bound to `orders.events` for every order event: no code change needed."""
-    queue = Queue(f"test-listener-{uuid.uuid4().hex[:8]}", event_exchange("orders"), routing_key="order.#")
+    """A queue of the test's own, bound to `orders.events` for OrderPlaced: no code change needed."""
+    queue = Queue(f"test-listener-{uuid.uuid4().hex[:8]}", event_exchange("orders"), routing_key="order.placed")
     with Connection(broker_url) as connection:
         bound = queue(connection.default_channel)
         bound.declare()
@@ -94,10 +97,10 @@ def test_order_placed_is_published_once_as_a_valid_cloudevent_and_fans_out(liste
     order = place(("P001", 2))
 
     # Then the inventory service's queue got it (stock is held), so did the payments service's ...
-    assert reservation_of(order.id).status == Reservation.Status.HELD
-    assert Product.objects.get(sku="P001").stock_reserved == 2
+    assert reservation_of(order.id).status in TOOK_STOCK
+    assert Product.objects.get(sku="P001").available == 8
     payment = wait_for(lambda: Payment.objects.filter(order_id=order.id).first(), what="the payment")
-    assert payment.status == Payment.Status.AUTHORIZED and payment.amount == Decimal("20.00")
+    assert payment.status in TOOK_PAYMENT and payment.amount == Decimal("20.00")
     # ... the outbox row went out once ...
     wait_for(lambda: OutboxMessage.objects.filter(sent_at__isnull=False).exists(), what="the outbox row marked sent")
     assert OutboxMessage.objects.filter(event_type="orders.OrderPlaced.v1").count() == 1
@@ -134,7 +137,7 @@ def test_a_duplicate_delivery_has_one_effect(listener, broker_url):
 
     # Then the handler sees it, recognises it, and changes nothing
     task_result("inventory.reserve_stock", event_id, "duplicate")
-    assert Product.objects.get(sku="P002").stock_reserved == 3
+    assert Product.objects.get(sku="P002").available == 7
     assert InboxMessage.objects.filter(handler="inventory.reserve_stock", event_id=event_id).count() == 1
 
 
@@ -158,7 +161,7 @@ def test_a_relay_killed_before_marking_rows_sent_causes_no_double_effect(workers
 
     # Then the effect happened once
     wait_for(lambda: OutboxMessage.objects.get(pk=row.pk).sent_at is not None, what="the row marked sent again")
-    assert Product.objects.get(sku="P003").stock_reserved == 1
+    assert Product.objects.get(sku="P003").available == 9
     assert InboxMessage.objects.filter(event_id=event_id, handler="inventory.reserve_stock").count() == 1
 
 
@@ -181,7 +184,7 @@ def test_a_transient_failure_is_retried_with_backoff_and_the_retries_show_in_the
     # Then the authorization succeeds on the third attempt, once, under one task id
     result = task_result("payments.authorize_payment", event_id, "done")
     assert result["attempt"] == 3
-    assert Payment.objects.get(order_id=order.id).status == Payment.Status.AUTHORIZED
+    assert Payment.objects.get(order_id=order.id).status in TOOK_PAYMENT
     assert TaskResult.objects.filter(task_name="payments.authorize_payment").count() == 1
 
 
@@ -228,7 +231,7 @@ def test_poison_messages_are_dead_lettered_never_loop_and_a_fixed_one_replays(wo
     fixed = tmp_path / "fixed.json"
     fixed.write_text(json.dumps(valid))
     call_command("dlq", "replay", str(letters[1].pk), "--body-file", str(fixed))
-    assert reservation_of(good_order).status == Reservation.Status.HELD
+    assert reservation_of(good_order).status == Reservation.Status.HELD  # no order of that id: never confirmed
     replayed = DeadLetter.objects.get(pk=letters[1].pk)
     assert replayed.replay_count == 1 and replayed.replayed_at is not None
 
