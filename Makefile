@@ -24,6 +24,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) manage.py asyncapi --check
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .

@@ -4,6 +4,7 @@ from celery import current_app
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 
 from eventbus import deadletters
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
@@ -11,10 +12,20 @@ from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 
 @admin.register(OutboxMessage)
 class OutboxMessageAdmin(admin.ModelAdmin):
-    list_display = ["id", "event_type", "routing_key", "created_at", "sent_at", "publish_attempts"]
+    list_display = ["id", "event_type", "routing_key", "correlation_id", "created_at", "sent_at", "publish_attempts"]
     list_filter = [("sent_at", admin.EmptyFieldListFilter), "event_type"]
-    search_fields = ["event_id", "event_type"]
+    search_fields = ["event_id", "event_type", "correlation_id"]
     readonly_fields = [f.name for f in OutboxMessage._meta.fields]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        pending = OutboxMessage.objects.filter(sent_at__isnull=True)
+        oldest = pending.order_by("id").values_list("created_at", flat=True).first()
+        lag = f"{(timezone.now() - oldest).total_seconds():.1f} s" if oldest else "none"
+        title = f"Outbox: {pending.count()} pending, lag {lag}"
+        return super().changelist_view(request, {**(extra_context or {}), "title": title})
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 @admin.register(InboxMessage)

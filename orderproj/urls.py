@@ -5,6 +5,8 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from eventbus.views import health_page, metrics
+
 
 def healthz(_request: HttpRequest) -> JsonResponse:
     """Liveness: the web process answers. Dependencies are reported on the health page."""
@@ -13,8 +15,11 @@ def healthz(_request: HttpRequest) -> JsonResponse:
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", include("orders.urls")),
     path("api/", include("inventory.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),
+    path("ops/health/", health_page, name="pipeline-health"),
+    path("metrics", metrics, name="metrics"),
 ]

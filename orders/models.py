@@ -2,7 +2,10 @@
 
 import uuid
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+
+MAX_QUANTITY_PER_LINE = 1000
 
 
 class Order(models.Model):
@@ -49,8 +52,9 @@ class OrderLine(models.Model):
     """One product and quantity of an order, priced when the order was placed."""
 
     order = models.ForeignKey(Order, related_name="lines", on_delete=models.CASCADE)
-    product_id = models.CharField(max_length=32)
-    quantity = models.PositiveIntegerField()
+    # The orders service's own copy of the catalogue, so the admin can offer products to pick.
+    product = models.ForeignKey("CatalogProduct", on_delete=models.PROTECT, db_column="product_id", related_name="+")
+    quantity = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(MAX_QUANTITY_PER_LINE)])
     unit_price = models.DecimalField(max_digits=12, decimal_places=2)
 
     class Meta:
@@ -75,3 +79,17 @@ class CatalogProduct(models.Model):
 
     def __str__(self) -> str:
         return f"{self.sku} {self.name} {self.price} {self.currency}"
+
+
+class IdempotencyKey(models.Model):
+    """The first response to a POST with an `Idempotency-Key`, replayed when the key comes again."""
+
+    key = models.CharField(max_length=255, unique=True)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request body.")
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="+")
+    status_code = models.PositiveSmallIntegerField()
+    response = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.key

@@ -13,11 +13,10 @@ from django.utils import timezone
 
 from eventbus.outbox import publish
 from orders.events import OrderCancelled, OrderConfirmed, OrderItem
-from orders.models import CatalogProduct, Order, OrderLine
+from orders.models import MAX_QUANTITY_PER_LINE, CatalogProduct, Order, OrderLine
 from orders.saga import decide
 from orders.signals import order_placed
 
-MAX_QUANTITY_PER_LINE = 1000
 TIMEOUT = "timeout"
 PAYMENT_TOKEN = re.compile(r"^tok_[A-Za-z0-9_]{1,64}$")
 MAX_LINES = 100
@@ -37,10 +36,20 @@ class LineRequest:
     quantity: int
 
 
-def order_place(*, customer_email: str, payment_token: str, items: list[LineRequest]) -> Order:
-    """Create a pending order priced from the catalogue and announce it (OrderPlaced), all in one transaction."""
-    if not PAYMENT_TOKEN.match(payment_token):
-        raise OrderRejected({"payment_token": ["Expected a payment token like 'tok_visa'."]})
+@dataclass(frozen=True)
+class PricedOrder:
+    quantities: dict[str, int]
+    prices: dict[str, CatalogProduct]
+    currency: str
+
+    @property
+    def total(self) -> Decimal:
+        return sum((self.prices[sku].price * qty for sku, qty in self.quantities.items()), Decimal("0.00"))
+
+
+def order_check(*, items: list[LineRequest]) -> PricedOrder:
+    """Merge repeated products and price the lines from the catalogue; raise OrderRejected naming
+    every problem. The admin's form runs this too, so both entry points reject the same input."""
     if not items:
         raise OrderRejected({"items": ["An order needs at least one item."]})
     if len(items) > MAX_LINES:
@@ -48,32 +57,34 @@ def order_place(*, customer_email: str, payment_token: str, items: list[LineRequ
     quantities: dict[str, int] = {}
     for item in items:
         quantities[item.product_id] = quantities.get(item.product_id, 0) + item.quantity
-    with transaction.atomic():
-        prices = CatalogProduct.objects.in_bulk(list(quantities))
-        errors = _line_errors(quantities, prices)
-        if errors:
-            raise OrderRejected({"items": errors})
-        currency = {prices[sku].currency for sku in quantities}
-        if len(currency) > 1:
-            raise OrderRejected({"items": ["All products of an order must share one currency."]})
-        total = sum((prices[sku].price * qty for sku, qty in quantities.items()), Decimal("0.00"))
-        order = Order.objects.create(customer_email=customer_email, total_amount=total, currency=currency.pop())
-        OrderLine.objects.bulk_create(
-            OrderLine(order=order, product_id=sku, quantity=qty, unit_price=prices[sku].price)
-            for sku, qty in quantities.items()
-        )
-        order_placed.send(sender=Order, order=order, payment_token=payment_token)
-    return order
-
-
-def _line_errors(quantities: dict[str, int], prices: dict[str, CatalogProduct]) -> list[str]:
+    prices = CatalogProduct.objects.in_bulk(list(quantities))
     errors = []
     for sku, quantity in quantities.items():
         if sku not in prices:
             errors.append(f"Unknown product {sku!r}.")
         if not 0 < quantity <= MAX_QUANTITY_PER_LINE:
             errors.append(f"Quantity of {sku!r} must be between 1 and {MAX_QUANTITY_PER_LINE}.")
-    return errors
+    currencies = {product.currency for product in prices.values()}
+    if len(currencies) > 1:
+        errors.append("All products of an order must share one currency.")
+    if errors:
+        raise OrderRejected({"items": errors})
+    return PricedOrder(quantities, prices, currencies.pop())
+
+
+def order_place(*, customer_email: str, payment_token: str, items: list[LineRequest]) -> Order:
+    """Create a pending order priced from the catalogue and announce it (OrderPlaced), all in one transaction."""
+    if not PAYMENT_TOKEN.match(payment_token):
+        raise OrderRejected({"payment_token": ["Expected a payment token like 'tok_visa'."]})
+    with transaction.atomic():
+        priced = order_check(items=items)
+        order = Order.objects.create(customer_email=customer_email, total_amount=priced.total, currency=priced.currency)
+        OrderLine.objects.bulk_create(
+            OrderLine(order=order, product_id=sku, quantity=qty, unit_price=priced.prices[sku].price)
+            for sku, qty in priced.quantities.items()
+        )
+        order_placed.send(sender=Order, order=order, payment_token=payment_token)
+    return order
 
 
 def catalog_product_apply(*, sku: str, name: str, price: Decimal, currency: str, revision: int) -> bool:

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from eventbus.sealing import seal
 from inventory.models import Product
+from inventory.services import availability_refresh
 from orders.events import OrderItem, OrderPlaced
 from orders.models import CatalogProduct
 
@@ -21,6 +22,7 @@ def product(sku: str = "P001", *, price: str = "10.00", stock: int = 10, name: s
         sku=sku,
         defaults={"name": name, "price": Decimal(price), "stock_on_hand": stock, "stock_reserved": 0, "revision": 1},
     )
+    availability_refresh(skus=[sku])  # as the inventory services do on every stock change
     return item
 
 

@@ -115,6 +115,7 @@ RABBITMQ_PORT = env_int("RABBITMQ_PORT", 5672)
 RABBITMQ_MANAGEMENT_PORT = env_int("RABBITMQ_MANAGEMENT_PORT", 15672)
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}//")
 RABBITMQ_MANAGEMENT_URL = os.environ.get("RABBITMQ_MANAGEMENT_URL", f"http://127.0.0.1:{RABBITMQ_MANAGEMENT_PORT}")
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")  # bearer token for Prometheus scrapes of /metrics
 FLOWER_URL = os.environ.get("FLOWER_URL", f"http://127.0.0.1:{env_int('FLOWER_PORT', 5555)}")
 
 CELERY_ACCEPT_CONTENT = ["json"]

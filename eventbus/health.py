@@ -1,0 +1,149 @@
+"""Pipeline health: queue figures from the RabbitMQ management API, outbox lag, dead letters, orders per status.
+
+The health page and the Prometheus `/metrics` endpoint both render what `pipeline_health()` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import requests
+from celery import current_app
+from django.apps import apps
+from django.conf import settings
+from django.db.models import Count, Max, Min, Q
+from django.utils import timezone
+
+from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
+from eventbus.subscriptions import subscribers
+from eventbus.topology import UNROUTED_QUEUE, dead_letter_queue
+
+MANAGEMENT_TIMEOUT = 2.0  # seconds: the page and a scrape must answer while the broker is away
+QUEUE_COLUMNS = (
+    "name,messages,messages_ready,messages_unacknowledged,consumers,"
+    "message_stats.publish_details.rate,message_stats.deliver_get_details.rate,message_stats.ack_details.rate"
+)
+
+
+@dataclass(frozen=True)
+class QueueHealth:
+    """One queue as the management API reports it; the figures are None when it does not know the queue."""
+
+    name: str
+    messages: int | None = None
+    messages_ready: int | None = None
+    messages_unacknowledged: int | None = None
+    consumers: int | None = None
+    publish_rate: float | None = None  # messages per second, averaged by RabbitMQ over its last sample
+    deliver_rate: float | None = None
+    ack_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class OutboxHealth:
+    pending: int
+    lag_seconds: float  # age of the oldest unsent row; 0 when nothing waits
+    last_sent_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DeadLetterHealth:
+    total: int
+    unreplayed: int
+
+
+@dataclass(frozen=True)
+class PipelineHealth:
+    checked_at: datetime
+    queues: list[QueueHealth]
+    error: str | None  # why the queue figures are missing: the management API could not be read
+    outbox: OutboxHealth
+    dead_letters: DeadLetterHealth
+    orders: dict[str, int]
+    last_event_recorded_at: datetime | None  # newest outbox row
+    last_event_handled_at: datetime | None  # newest inbox row
+
+
+def pipeline_health() -> PipelineHealth:
+    """Collect every figure of the health page; never raises because RabbitMQ is unreachable."""
+    now = timezone.now()
+    queues, error = _queues()
+    outbox = OutboxMessage.objects.aggregate(
+        pending=Count("id", filter=Q(sent_at__isnull=True)),
+        oldest_pending=Min("created_at", filter=Q(sent_at__isnull=True)),
+        last_sent=Max("sent_at"),
+        last_created=Max("created_at"),
+    )
+    dead = DeadLetter.objects.aggregate(total=Count("id"), unreplayed=Count("id", filter=Q(replayed_at__isnull=True)))
+    oldest = outbox["oldest_pending"]
+    return PipelineHealth(
+        checked_at=now,
+        queues=queues,
+        error=error,
+        outbox=OutboxHealth(
+            pending=outbox["pending"],
+            lag_seconds=max((now - oldest).total_seconds(), 0.0) if oldest else 0.0,
+            last_sent_at=outbox["last_sent"],
+        ),
+        dead_letters=DeadLetterHealth(total=dead["total"], unreplayed=dead["unreplayed"]),
+        orders=_orders_per_status(),
+        last_event_recorded_at=outbox["last_created"],
+        last_event_handled_at=InboxMessage.objects.aggregate(last=Max("processed_at"))["last"],
+    )
+
+
+def system_queues() -> list[str]:
+    """Every queue the topology declares: event queues, task queues, their dead-letter queues, unrouted."""
+    names = [s.queue for s in subscribers()] + [q.name for q in current_app.amqp.queues.values()]
+    return [*(n for name in names for n in (name, dead_letter_queue(name).name)), UNROUTED_QUEUE.name]
+
+
+def _queues() -> tuple[list[QueueHealth], str | None]:
+    names = system_queues()
+    try:
+        reported = {q["name"]: q for q in _management_queues()}
+    except (requests.RequestException, ValueError, KeyError, TypeError) as error:
+        return [QueueHealth(name) for name in names], f"RabbitMQ management API: {error}"
+    return [_queue_health(name, reported.get(name)) for name in names], None
+
+
+def _management_queues() -> list[dict[str, Any]]:
+    # The vhost and credentials of the broker this process really uses: tests move it to a vhost
+    # of their own through the Celery app, which Django's settings do not see.
+    parts = urlsplit(current_app.conf.broker_url)
+    vhost = unquote(parts.path[1:]) or "/"
+    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+    url = f"{settings.RABBITMQ_MANAGEMENT_URL.rstrip('/')}/api/queues/{quote(vhost, safe='')}"
+    response = requests.get(url, params={"columns": QUEUE_COLUMNS}, auth=auth, timeout=MANAGEMENT_TIMEOUT)
+    response.raise_for_status()
+    return response.json()
+
+
+def _queue_health(name: str, reported: dict[str, Any] | None) -> QueueHealth:
+    if reported is None:  # not declared (yet) on this vhost
+        return QueueHealth(name)
+    stats = reported.get("message_stats", {})
+
+    def rate(key: str) -> float:
+        return float(stats.get(f"{key}_details", {}).get("rate", 0.0))
+
+    return QueueHealth(
+        name=name,
+        messages=reported.get("messages", 0),
+        messages_ready=reported.get("messages_ready", 0),
+        messages_unacknowledged=reported.get("messages_unacknowledged", 0),
+        consumers=reported.get("consumers", 0),
+        publish_rate=rate("publish"),
+        deliver_rate=rate("deliver_get"),
+        ack_rate=rate("ack"),
+    )
+
+
+def _orders_per_status() -> dict[str, int]:
+    # By app label, not import: the event bus depends on no service app's code.
+    order = apps.get_model("orders", "Order")
+    counts = dict(order.objects.order_by().values_list("status").annotate(n=Count("pk")))
+    return {status: counts.get(status, 0) for status in order.Status.values}

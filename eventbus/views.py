@@ -1,0 +1,91 @@
+"""The pipeline health page (staff only, HTML or JSON) and its Prometheus exposition at `/metrics`."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Gauge, generate_latest
+
+from eventbus.health import PipelineHealth, pipeline_health
+
+
+@never_cache
+@require_GET
+@staff_member_required
+def health_page(request: HttpRequest) -> HttpResponse:
+    """Queues, outbox, dead letters, orders and the last event, in the admin's look; `?format=json` for JSON."""
+    health = pipeline_health()
+    if request.GET.get("format") == "json":
+        return JsonResponse(dataclasses.asdict(health))
+    context = {**admin.site.each_context(request), "title": "Pipeline health", "health": health}
+    return render(request, "eventbus/health.html", context)
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """The health figures in Prometheus' text format, for a staff session or `Authorization: Bearer <METRICS_TOKEN>`."""
+    if not (_is_staff(request) or _has_metrics_token(request)):
+        return HttpResponseForbidden("staff session or metrics bearer token required\n", content_type="text/plain")
+    return HttpResponse(generate_latest(_registry(pipeline_health())), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+def _is_staff(request: HttpRequest) -> bool:
+    return request.user.is_active and request.user.is_staff
+
+
+def _has_metrics_token(request: HttpRequest) -> bool:
+    token = getattr(settings, "METRICS_TOKEN", "")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), token.encode())
+
+
+def _registry(health: PipelineHealth) -> CollectorRegistry:
+    # A registry per request: the figures are read fresh each scrape, never kept between requests.
+    registry = CollectorRegistry()
+
+    def gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(f"orderpipe_{name}", documentation, labels, registry=registry)
+
+    gauge("up", "1 when the component answered this scrape.", ("component",)).labels("rabbitmq_management").set(
+        health.error is None
+    )
+    queue_figures = {
+        "queue_messages": ("messages", "Messages in the queue (ready and unacknowledged)."),
+        "queue_messages_ready": ("messages_ready", "Messages ready for delivery."),
+        "queue_messages_unacknowledged": ("messages_unacknowledged", "Messages delivered and not yet acknowledged."),
+        "queue_consumers": ("consumers", "Consumers of the queue."),
+        "queue_publish_rate": ("publish_rate", "Messages published to the queue per second."),
+        "queue_deliver_rate": ("deliver_rate", "Messages delivered from the queue per second."),
+        "queue_ack_rate": ("ack_rate", "Messages acknowledged per second."),
+    }
+    for name, (field, documentation) in queue_figures.items():
+        metric = gauge(name, documentation, ("queue",))
+        for queue in health.queues:
+            if (value := getattr(queue, field)) is not None:
+                metric.labels(queue.name).set(value)
+    gauge("outbox_pending", "Outbox rows not yet published.").set(health.outbox.pending)
+    gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox row.").set(health.outbox.lag_seconds)
+    if health.outbox.last_sent_at:
+        gauge("outbox_last_sent_timestamp_seconds", "When the relay last published.").set(
+            health.outbox.last_sent_at.timestamp()
+        )
+    dead_letters = gauge("dead_letters", "Dead letters in the store.", ("state",))
+    dead_letters.labels("all").set(health.dead_letters.total)
+    dead_letters.labels("unreplayed").set(health.dead_letters.unreplayed)
+    orders = gauge("orders", "Orders per status.", ("status",))
+    for status, count in health.orders.items():
+        orders.labels(status).set(count)
+    last_event = gauge("last_event_timestamp_seconds", "Newest event recorded in the outbox or handled.", ("stage",))
+    for stage, at in (("recorded", health.last_event_recorded_at), ("handled", health.last_event_handled_at)):
+        if at:
+            last_event.labels(stage).set(at.timestamp())
+    return registry
