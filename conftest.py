@@ -43,6 +43,7 @@ def stack_env(broker_url: str, django_db_setup, django_db_blocker) -> dict[str, 
         "CELERY_BROKER_URL": broker_url,
         "DATABASE_URL": url,
         "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
+        "RABBITMQ_MANAGEMENT_URL": settings.RABBITMQ_MANAGEMENT_URL,
         "PYTHONUNBUFFERED": "1",
     }
 

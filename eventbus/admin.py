@@ -35,6 +35,9 @@ class InboxMessageAdmin(admin.ModelAdmin):
     search_fields = ["event_id", "correlation_id", "task_id"]
     readonly_fields = [f.name for f in InboxMessage._meta.fields]
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
@@ -45,6 +48,9 @@ class DeadLetterAdmin(admin.ModelAdmin):
     readonly_fields = ["reason", "queue", "handler", "event_id", "event_type", "content_type", "headers", "error",
                        "traceback", "attempts", "created_at", "replayed_at", "replay_count"]  # fmt: skip
     actions = ["replay"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
     @admin.action(description="Replay to the original event queue")
     def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:

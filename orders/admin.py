@@ -57,7 +57,9 @@ class OrderLineInline(admin.TabularInline):
     autocomplete_fields = ["product"]
     fields = ["product", "quantity", "unit_price"]
     readonly_fields = ["unit_price"]
-    extra = 2
+
+    def get_extra(self, request: HttpRequest, obj: Order | None = None, **kwargs) -> int:
+        return 0 if obj else 2
 
     def has_change_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
         return obj is None
@@ -103,6 +105,9 @@ class OrderAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         return self.readonly_fields if obj else ["customer_email", "payment_token"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
+        return False  # an order changes only through its saga; its page is for watching
 
     def has_delete_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,6 +86,17 @@ class ProcessGroup:
     def start_relay(self) -> subprocess.Popen[bytes]:
         return self.start("relay", [sys.executable, "manage.py", "relay", "--poll", "0.5"])
 
+    def start_web(self, port: int) -> subprocess.Popen[bytes]:
+        return self.start("web", [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"])
+
+    def start_flower(self, port: int) -> subprocess.Popen[bytes]:
+        broker_api = f"{self.env['RABBITMQ_MANAGEMENT_URL'].rstrip('/')}/api/"
+        return self.start(
+            "flower",
+            [sys.executable, "-m", "celery", "-A", "orderproj", "flower", "--address=127.0.0.1", f"--port={port}",
+             f"--broker-api={broker_api}"],
+        )  # fmt: skip
+
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = LOG_DIR / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -95,6 +107,23 @@ class ProcessGroup:
 
     def stop_all(self, timeout: float = 20) -> None:
         stop_groups(list(self.procs.values()), timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, procs: ProcessGroup, name: str, timeout: float = 60) -> None:
+    def answers() -> bool:
+        if procs.procs[name].poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{procs.log_tail(name)}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(answers, timeout=timeout, what=f"{name} on port {port}")
 
 
 def wait_for(condition, *, timeout: float = 30, interval: float = 0.2, what: str = "condition"):

@@ -1,0 +1,131 @@
+"""In headless Chromium: log into the admin, place an order with two lines, watch it become
+confirmed on its page, then find its tasks in Flower. Screenshots go to SCREENSHOT_DIR."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from django.contrib.auth import get_user_model
+
+from tests import factories
+from tests.harness import ROOT, ProcessGroup, free_port, wait_for_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / ".run" / "screenshots"))
+# Without these, Chromium keeps reaching for Google services that this closed network refuses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Site:
+    web: str
+    flower: str
+    flower_auth: tuple[str, str]
+
+
+@pytest.fixture(scope="session")
+def site(workers: ProcessGroup, stack_env: dict[str, str]) -> Iterator[Site]:
+    """The web process and Flower, started on free ports beside the suite's workers."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    web_port, flower_port = free_port(), free_port()
+    flower_auth = ("admin", secrets.token_urlsafe(12))
+    env = {**stack_env, "FLOWER_URL": f"http://127.0.0.1:{flower_port}",
+           "FLOWER_BASIC_AUTH": ":".join(flower_auth)}  # fmt: skip
+    group = ProcessGroup(env=env)
+    try:
+        group.start_flower(flower_port)
+        group.start_web(web_port)
+        wait_for_port(flower_port, group, "flower")
+        wait_for_port(web_port, group, "web")
+        yield Site(f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{flower_port}", flower_auth)
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def pick_product(page, row: int, sku: str) -> None:
+    """Choose a product in the admin's autocomplete (select2) of one inline row."""
+    page.locator(f"#lines-{row} .field-product .select2-selection").click()
+    page.locator(".select2-container--open .select2-search__field").fill(sku)
+    page.locator(".select2-results__option", has_text=sku).first.click()
+
+
+@pytest.fixture
+def operator_password() -> str:
+    """An admin user and two products. Set up before the browser: Playwright's event loop and
+    Django's ORM do not share a thread."""
+    password = secrets.token_urlsafe(12)
+    get_user_model().objects.create_superuser("admin", "admin@example.com", password)
+    factories.product("P001", name="Espresso beans 1 kg", price="75.00", stock=20)
+    factories.product("P002", name="Burr grinder", price="149.00", stock=5)
+    return password
+
+
+def test_an_order_placed_in_the_admin_is_confirmed_and_its_tasks_show_in_flower(site: Site, operator_password, browser):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    password = operator_password
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+    # Given a logged-in operator
+    page.goto(f"{site.web}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    page.wait_for_url(re.compile(r"/admin/$"))
+
+    # When they place an order with two lines
+    page.goto(f"{site.web}/admin/orders/order/add/")
+    page.fill("#id_customer_email", "buyer@example.com")
+    pick_product(page, 0, "P001")
+    page.fill("#id_lines-0-quantity", "2")
+    pick_product(page, 1, "P002")
+    page.fill("#id_lines-1-quantity", "1")
+    page.screenshot(path=SCREENSHOTS / "admin-order-add.png", full_page=True)
+    page.click("input[name=_save]")
+    page.wait_for_url(re.compile(r"/admin/orders/order/[0-9a-f-]{36}/change/"))
+
+    # Then its page shows it confirmed, with its timeline, after the saga ran on the workers
+    status = page.locator(".field-status .readonly")
+    for _ in range(60):
+        if (
+            status.inner_text().strip().lower() == "confirmed"
+            and page.locator("text=payments.PaymentCaptured.v1").count()
+        ):
+            break
+        page.wait_for_timeout(1000)
+        page.reload()
+    assert status.inner_text().strip().lower() == "confirmed"
+    timeline = page.locator(".order-timeline").inner_text()
+    for event in ["orders.OrderPlaced.v1", "inventory.StockReserved.v1", "payments.PaymentAuthorized.v1",
+                  "orders.OrderConfirmed.v1", "payments.PaymentCaptured.v1"]:  # fmt: skip
+        assert event in timeline
+    page.screenshot(path=SCREENSHOTS / "admin-order-confirmed.png", full_page=True)
+
+    # And Flower, behind its basic auth, lists the handler tasks of all three services
+    flower = browser.new_context(
+        http_credentials={"username": site.flower_auth[0], "password": site.flower_auth[1]},
+        viewport={"width": 1400, "height": 900},
+    ).new_page()
+    flower.goto(f"{site.flower}/tasks")
+    for task in ["inventory.reserve_stock", "payments.authorize_payment", "orders.stock_reserved"]:
+        flower.locator(f"text={task}").first.wait_for(timeout=30_000)
+    flower.screenshot(path=SCREENSHOTS / "flower-tasks.png", full_page=True)
+    assert requests.get(f"{site.flower}/tasks", timeout=10).status_code == 401
