@@ -122,6 +122,7 @@ def test(config: StackConfig, pytest_args: list[str]) -> int:
     """`make test`: the brokers, then the whole suite against them."""
     env = _service_env(config)
     env.setdefault("DJANGO_SETTINGS_MODULE", "orderproj.settings.test")
+    brokers.ensure_system_packages(brokers.TEST_PACKAGES)
     with brokers_running(config):
         return subprocess.run([PYTHON, "-m", "pytest", *pytest_args], cwd=ROOT, env=env, check=False).returncode
 

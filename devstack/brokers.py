@@ -16,15 +16,17 @@ from devstack.supervisor import stop_groups
 RABBIT_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 RABBIT_CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 SYSTEM_PACKAGES = {"rabbitmq-server": RABBIT_SERVER, "redis-server": Path("/usr/bin/redis-server")}
+# The browser test drives Debian's Chromium; Playwright's own browser download cannot be relied on.
+TEST_PACKAGES = {"chromium": Path("/usr/bin/chromium")}
 
 
 class StackError(RuntimeError):
     """A local service could not be installed, started or reached."""
 
 
-def ensure_system_packages() -> None:
-    """Install RabbitMQ and Redis from the Debian/Ubuntu packages when they are missing."""
-    missing = [name for name, path in SYSTEM_PACKAGES.items() if not path.exists()]
+def ensure_system_packages(extra: dict[str, Path] | None = None) -> None:
+    """Install RabbitMQ and Redis (and `extra`) from the Debian/Ubuntu packages when they are missing."""
+    missing = [name for name, path in {**SYSTEM_PACKAGES, **(extra or {})}.items() if not path.exists()]
     if not missing:
         return
     if not shutil.which("apt-get"):
@@ -42,7 +44,7 @@ def ensure_system_packages() -> None:
     subprocess.run([*prefix, "apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run([*prefix, "apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
     # Debian starts the packaged services; the project runs its own nodes on loopback.
-    for service in missing:
+    for service in set(missing) & SYSTEM_PACKAGES.keys():
         subprocess.run([*prefix, "service", service, "stop"], capture_output=True, check=False)
 
 

@@ -72,7 +72,13 @@ def management(settings) -> Iterator[FakeManagement]:
 @pytest.fixture
 def broker_on_default_vhost(monkeypatch) -> None:
     """Integration tests move the Celery app to a vhost of their own; these tests pin it."""
-    monkeypatch.setattr(current_app.conf, "broker_url", "amqp://guest:guest@127.0.0.1:5672//")
+    pin_broker(monkeypatch, "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def pin_broker(monkeypatch, url: str) -> None:
+    # Celery reads CELERY_BROKER_URL from the environment ahead of its configuration (make test sets it).
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    monkeypatch.setattr(current_app.conf, "broker_url", url)
 
 
 def order(status: str) -> Order:
@@ -168,7 +174,7 @@ def test_an_empty_pipeline_has_no_lag_and_zero_orders_of_every_status(management
 def test_queue_figures_come_from_the_vhost_and_user_of_the_celery_broker(
     management, monkeypatch, broker_url, path, user, password
 ):
-    monkeypatch.setattr(current_app.conf, "broker_url", broker_url)
+    pin_broker(monkeypatch, broker_url)
 
     queues = {q.name: q for q in pipeline_health().queues}
 
