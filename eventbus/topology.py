@@ -15,7 +15,13 @@ from eventbus.subscriptions import Subscriber, subscribers
 
 DEAD_LETTER_EXCHANGE = Exchange("eventbus.dlx", type="direct", durable=True)
 UNROUTED_EXCHANGE = Exchange("eventbus.unrouted", type="fanout", durable=True)
-UNROUTED_QUEUE = Queue("eventbus.unrouted", UNROUTED_EXCHANGE, durable=True, queue_arguments={"x-queue-type": "quorum"})
+# Events no service subscribes to (yet) are kept here to be seen, within a bound: the oldest go first.
+UNROUTED_QUEUE = Queue(
+    "eventbus.unrouted",
+    UNROUTED_EXCHANGE,
+    durable=True,
+    queue_arguments={"x-queue-type": "quorum", "x-max-length": 10_000, "x-overflow": "drop-head"},
+)
 
 
 def dead_letter_queue(queue_name: str) -> Queue:
