@@ -17,7 +17,7 @@ def required(name: str) -> str:
 SECRET_KEY = required("DJANGO_SECRET_KEY")
 DEBUG = env_bool("DJANGO_DEBUG", False)  # noqa: F405
 ALLOWED_HOSTS = required("DJANGO_ALLOWED_HOSTS").split(",")
-DATABASES = {"default": dj_database_url.parse(required("DATABASE_URL"), conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}  # noqa: F405
+DATABASES = {"default": dj_database_url.parse(required("DATABASE_URL"), **DATABASE_CONNECTION)}  # noqa: F405
 CELERY_BROKER_URL = required("CELERY_BROKER_URL")
 REDIS_URL = required("REDIS_URL")
 CACHES["default"]["LOCATION"] = REDIS_URL  # noqa: F405
