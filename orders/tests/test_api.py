@@ -85,6 +85,7 @@ def test_a_repeated_idempotency_key_returns_the_first_response_and_places_one_or
         ({k: v for k, v in VALID.items() if k != "payment_token"}, "payment_token"),
         ([VALID], "non_field_errors"),
         ('{"customer_email": "a@example.com", "items": [', "detail"),
+        ("[" * 100_000, "detail"),
     ],
 )
 def test_a_bad_body_gets_a_4xx_naming_the_field_and_stores_nothing(api, body, field):
