@@ -75,6 +75,7 @@ def _rabbit_env(config: StackConfig) -> dict[str, str]:
         "RABBITMQ_NODE_PORT": str(config.amqp_port),
         "RABBITMQ_DIST_PORT": str(config.dist_port),
         "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
         "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
         "RABBITMQ_LOG_BASE": str(base / "log"),
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
@@ -90,6 +91,10 @@ def _write_rabbit_config(config: StackConfig) -> None:
     for sub in ("mnesia", "log"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
+    # Retry countdowns wait in Celery's quorum delay queues, which dead-letter at-least-once: after
+    # a broker restart an unconfirmed dead letter is forwarded again only after this timeout
+    # (default 180 s, longer than an order's pending timeout; seen in `make chaos`).
+    (base / "advanced.config").write_text("[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].\n")
     (base / "rabbitmq.conf").write_text(
         f"listeners.tcp.1 = {config.host}:{config.amqp_port}\n"
         f"management.tcp.ip = {config.host}\n"
