@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint format services clean-run
+.PHONY: run test lint format services clean-run chaos bench
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv"; exit 1; }
@@ -17,8 +17,14 @@ run: $(VENV)/.installed ## the whole system in the foreground (Ctrl-C stops it)
 test: $(VENV)/.installed ## RabbitMQ + Redis, then the whole test suite
 	$(PY) -m devstack test $(PYTEST_ARGS)
 
+bench: $(VENV)/.installed ## the benchmark on its own stack (BENCH_ARGS="--orders 1000 --db postgres ...")
+	$(PY) -m bench $(BENCH_ARGS)
+
 services: $(VENV)/.installed ## only RabbitMQ and Redis, for running things by hand
 	$(PY) -m devstack services
+
+chaos: $(VENV)/.installed ## the pipeline on its own stack under faults, checked (CHAOS_ARGS='--orders 500 --seed 1')
+	$(PY) -m chaos $(CHAOS_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,238 @@
+"""The faults: killed processes, a broker outage, duplicate deliveries and poison, each at a seeded moment.
+
+A fault fires when the order stream reaches a seeded position; one thread injects them in turn, so
+the stream keeps flowing (and orders keep being accepted) while the broker is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import queue
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.db import close_old_connections
+from kombu import Connection
+
+from chaos.stack import Stack, child_pids
+from eventbus.envelope import CONTENT_TYPE
+from eventbus.models import OutboxMessage
+
+logger = logging.getLogger(__name__)
+KINDS = ("kill-pool-child", "kill-worker", "kill-relay", "broker-restart", "duplicates", "poison")
+PICKLE = "application/x-python-serialize"
+# The queues bound to `orders.events` with `order.placed`: each takes its own copy of every poison message.
+POISON_QUEUES = ("inventory.events", "payments.events")
+
+
+@dataclass
+class Fault:
+    kind: str
+    started: datetime
+    ended: datetime
+    offset: float
+    detail: str = ""
+    failed: bool = False
+
+
+class Unpickled:
+    """Unpickling this creates the marker file: the proof that a pickle body was deserialized."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@dataclass
+class Poison:
+    token: str
+    what: str
+    body: bytes
+    content_type: str
+
+
+def schedule(*, orders: int, rounds: int, rng: random.Random) -> dict[int, list[str]]:
+    """Each kind `rounds` times, at seeded positions between 5% and 85% of the stream."""
+    moments: dict[int, list[str]] = {}
+    for kind in KINDS:
+        for _ in range(rounds):
+            moments.setdefault(rng.randint(max(1, orders // 20), max(2, orders * 85 // 100)), []).append(kind)
+    return moments
+
+
+@dataclass
+class Injector:
+    """Runs faults one at a time on its own thread, recording what it did and when."""
+
+    stack: Stack
+    rng: random.Random
+    clock_zero: float
+    outage: tuple[float, float] = (4.0, 8.0)
+    duplicates: int = 50
+    faults: list[Fault] = field(default_factory=list)
+    poison: list[Poison] = field(default_factory=list)
+    _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    _thread: threading.Thread | None = None
+
+    @property
+    def markers(self) -> list[Path]:
+        return [self.stack.config.run_dir / f"unpickled-{p.token}" for p in self.poison if p.content_type == PICKLE]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="faults", daemon=True)
+        self._thread.start()
+
+    def trigger(self, kind: str) -> None:
+        self._queue.put(kind)
+
+    def finish(self, on_wait: Callable[[], object]) -> None:
+        """Wait for every triggered fault to be injected (and its process back), calling `on_wait` meanwhile."""
+        self._queue.put(None)
+        while self._thread is not None and self._thread.is_alive():
+            on_wait()
+            self._thread.join(0.5)
+
+    def _run(self) -> None:
+        while (kind := self._queue.get()) is not None:
+            started, offset = datetime.now(UTC), time.monotonic() - self.clock_zero
+            try:
+                detail, failed = getattr(self, "_" + kind.replace("-", "_"))(), False
+            except Exception as error:
+                logger.exception("fault %s could not be injected", kind)
+                detail, failed = f"INJECTION FAILED: {type(error).__name__}: {error}", True
+            self.faults.append(Fault(kind, started, datetime.now(UTC), offset, detail, failed))
+            print(f"chaos: +{offset:6.1f}s {kind}: {detail}", flush=True)
+        close_old_connections()
+
+    # --- the faults
+
+    def _kill_pool_child(self) -> str:
+        name = self.rng.choice(self.stack.worker_names())
+        children = child_pids(self.stack.procs[name].pid)
+        if not children:
+            return f"{name} had no pool process to kill"
+        victim = self.rng.choice(sorted(children))
+        with suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+        return f"SIGKILL pool process {victim} of {name}; the worker replaces it"
+
+    def _kill_worker(self) -> str:
+        name = self.rng.choice(self.stack.worker_names())
+        with self.stack.lock:
+            orphans = self.stack.kill(name)
+            time.sleep(1)  # a supervisor notices, then restarts
+            self.stack.restart(name)
+        back = self._wait_for_workers([name], timeout=120)
+        self.stack.reap_orphans()
+        return f"SIGKILL {name} (orphaning pool processes {orphans}); restarted, answering again after {back:.1f}s"
+
+    def _kill_relay(self) -> str:
+        with self.stack.lock:
+            self.stack.kill("relay")
+            pause = self.rng.uniform(0.5, 3)
+            time.sleep(pause)
+            self.stack.restart("relay")
+        return f"SIGKILL relay; restarted after {pause:.1f}s"
+
+    def _broker_restart(self) -> str:
+        down_for = self.rng.uniform(*self.outage)
+        stopped = self.stack.rabbitmqctl("stop_app")
+        if stopped.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl stop_app: {stopped.stdout}{stopped.stderr}")
+        down_at = time.monotonic()
+        time.sleep(down_for)
+        started = self.stack.rabbitmqctl("start_app")
+        if started.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl start_app: {started.stdout}{started.stderr}")
+        outage = time.monotonic() - down_at
+        back = self._wait_for_workers(self.stack.worker_names(), timeout=180)
+        return f"rabbitmqctl stop_app; start_app after {outage:.1f}s; every worker answering again {back:.1f}s later"
+
+    def _duplicates(self) -> str:
+        ids = list(OutboxMessage.objects.filter(sent_at__isnull=False).values_list("id", flat=True))
+        rows = list(OutboxMessage.objects.filter(id__in=self.rng.sample(ids, min(self.duplicates, len(ids)))))
+        close_old_connections()
+        with self._connection() as connection:
+            producer = connection.Producer()
+            for row in rows:
+                producer.publish(
+                    json.dumps(row.body, separators=(",", ":")).encode(),
+                    exchange=row.exchange,
+                    routing_key=row.routing_key,
+                    content_type=CONTENT_TYPE,
+                    content_encoding="utf-8",
+                    delivery_mode=2,
+                    retry=True,
+                )
+        kinds = sorted({row.event_type.split(".")[1] for row in rows})
+        return f"re-published {len(rows)} already-sent events raw ({', '.join(kinds)})"
+
+    def _poison(self) -> str:
+        batch = self._poison_batch(f"chaos-poison-{len(self.poison) // 4 + 1}-{uuid.uuid4().hex[:8]}")
+        with self._connection() as connection:
+            producer = connection.Producer()
+            for item in batch:
+                producer.publish(
+                    item.body,
+                    exchange="orders.events",
+                    routing_key="order.placed",
+                    content_type=item.content_type,
+                    content_encoding="binary" if item.content_type == PICKLE else "utf-8",
+                    delivery_mode=2,
+                    retry=True,
+                )
+        self.poison += batch
+        return f"published {len(batch)} poison messages ({', '.join(p.what for p in batch)}) to orders.events"
+
+    def _poison_batch(self, token: str) -> list[Poison]:
+        envelope = {
+            "specversion": "1.0", "id": "", "source": "/orders", "type": "orders.OrderPlaced.v1",
+            "time": "2026-11-29T12:00:00Z", "datacontenttype": "application/json", "correlationid": token,
+            "data": {"orderId": str(uuid.uuid4()), "items": [], "totalAmount": "1.00", "currency": "USD",
+                     "timestamp": "2026-11-29T12:00:00Z", "paymentToken": "sealed:x"},
+        }  # fmt: skip
+        wrong_schema = {**envelope, "id": f"{token}-schema"}
+        unknown_type = {**envelope, "id": f"{token}-type", "type": "orders.OrderTeleported.v1"}
+        marker = self.stack.config.run_dir / f"unpickled-{token}-pickle"
+        return [
+            Poison(f"{token}-malformed", "malformed JSON", f'{{"id": "{token}-malformed", "specversion": '.encode(),
+                   CONTENT_TYPE),
+            Poison(f"{token}-schema", "wrong schema", json.dumps(wrong_schema).encode(), CONTENT_TYPE),
+            Poison(f"{token}-type", "unknown type", json.dumps(unknown_type).encode(), CONTENT_TYPE),
+            Poison(f"{token}-pickle", "pickle", pickle.dumps(Unpickled(marker)), PICKLE),
+        ]  # fmt: skip
+
+    @staticmethod
+    def _wait_for_workers(names: list[str], timeout: float) -> float:
+        """Block until each named worker answers a control ping (it is connected and consuming again)."""
+        from orderproj.celery import app
+
+        started = time.monotonic()
+        pending = {f"{name}@{socket.gethostname()}" for name in names}
+        while pending:
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"{sorted(pending)} did not answer within {timeout:.0f}s")
+            try:
+                replies = app.control.ping(destination=sorted(pending), timeout=1.0) or []
+            except Exception:  # the broker is still coming back
+                time.sleep(1)
+                continue
+            pending -= {host for reply in replies for host in reply}
+        return time.monotonic() - started
+
+    def _connection(self) -> Connection:
+        return Connection(self.stack.config.broker_url, transport_options={"confirm_publish": True})
