@@ -1,0 +1,257 @@
+"""`python -m bench` (`make bench`): the order pipeline's throughput and latency against its baselines.
+
+In one run, on a stack of its own (RabbitMQ, Redis and a fresh database under --run-dir, on private
+ports): raw confirmed publishes, the outbox relay alone, saturation with N orders, open-loop latency
+at 25/50/75% of saturation, bare Celery no-op tasks with the same workers. Prints a table and writes
+bench/results/<timestamp>.json and .png. Everything it started is stopped at the end, on error too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.stack import CONSUMED, PIPELINE, BenchStack
+from devstack.brokers import StackError, say
+from devstack.config import ROOT, StackConfig
+
+RESULTS = ROOT / "bench" / "results"
+SKIPPABLE = ("raw", "relay", "latency", "celery")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--orders", type=int, default=5000, help="orders in the saturation run (default 5000)")
+    parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of each open-loop rate")
+    parser.add_argument("--fractions", default="0.25,0.5,0.75", help="open-loop rates, as fractions of saturation")
+    parser.add_argument("--relay-rows", type=int, default=20000, help="outbox rows for the relay alone")
+    parser.add_argument("--noop-tasks", type=int, default=10000, help="tasks for the bare Celery baseline")
+    parser.add_argument("--raw-seconds", type=float, default=5.0, help="length of the confirm-per-message publish run")
+    parser.add_argument("--warmup-orders", type=int, default=100, help="orders before the measurements start")
+    parser.add_argument(
+        "--memory-orders", type=int, default=0, help="also a memory run of this many orders (e.g. 20000)"
+    )
+    parser.add_argument("--memory-window", type=int, default=300, help="most undecided orders in the memory run")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="ORDERS", help="also profile this many orders with py-spy"
+    )
+    parser.add_argument("--products", type=int, default=50, help="products in the catalogue")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the order mix")
+    parser.add_argument("--stall-timeout", type=float, default=90.0, help="give up after this long without a decision")
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--skip", type=_phases, default=set(), help=f"phases to leave out, comma-separated: {','.join(SKIPPABLE)}"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE",
+        help="set a variable for the bench and every process it starts (an experiment: DB_CONN_MAX_AGE=600)",
+    )  # fmt: skip
+    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run" / "bench", help="data and logs (wiped first)")
+    parser.add_argument("--amqp-port", type=int, default=5810)
+    parser.add_argument("--management-port", type=int, default=15810)
+    parser.add_argument("--redis-port", type=int, default=6510)
+    parser.add_argument("--postgres-port", type=int, default=5832)
+    return parser.parse_args(argv)
+
+
+def _phases(text: str) -> set[str]:
+    phases = {phase for phase in text.split(",") if phase}
+    if unknown := phases - set(SKIPPABLE):
+        raise argparse.ArgumentTypeError(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {SKIPPABLE}")
+    return phases
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = StackConfig(
+        amqp_port=args.amqp_port,
+        management_port=args.management_port,
+        redis_port=args.redis_port,
+        run_dir=args.run_dir.resolve(),
+    )
+    overrides = dict(item.split("=", 1) for item in args.env)
+    stack = BenchStack(config, db=args.db, postgres_port=args.postgres_port, overrides=overrides)
+    # Django, Celery and kombu read these when they load: set them before anything imports them.
+    os.environ.update(stack.env)
+    # Started in the background by a non-interactive shell, Python would ignore SIGINT; Ctrl-C must stop it all.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    started = datetime.now(UTC)
+    result: dict[str, Any] = {
+        "timestamp": started.strftime("%Y%m%dT%H%M%SZ"),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "git": _git(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_1m_start": os.getloadavg()[0]},
+        "stack": {
+            "db": args.db,
+            "run_dir": str(config.run_dir),
+            "amqp_port": config.amqp_port,
+            "redis_port": config.redis_port,
+            "database_url": stack.database_url,
+            "env_overrides": overrides,
+        },
+    }
+    try:
+        run(stack, args, result)
+    except KeyboardInterrupt:
+        say("bench: interrupted; stopping everything")
+        return 130
+    except StackError as error:
+        print(f"\033[1;31merror:\033[0m {error}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        stack.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    result["machine"]["load_1m_end"] = os.getloadavg()[0]
+    return finish(result)
+
+
+def run(stack: BenchStack, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    stack.start_servers()
+    say(f"bench: migrating a fresh {args.db} database")
+    stack.migrate()
+    import django
+
+    django.setup()
+    from bench import baselines, workload
+
+    mix = workload.OrderMix(workload.seed_products(args.products), args.seed)
+    baselines.declare_topology()
+    if "raw" not in args.skip:
+        say(f"bench: raw publishes to {baselines.EXCHANGE} ({args.raw_seconds:.0f}s confirm each, then batched)")
+        result["raw_publish"] = baselines.raw_publishes(stack, seconds=args.raw_seconds, batch_messages=args.relay_rows)
+    if "relay" not in args.skip:
+        say(f"bench: relay alone, {args.relay_rows} outbox rows")
+        result["relay_alone"] = baselines.relay_alone(stack, args.relay_rows)
+
+    say("bench: starting the pipeline (Procfile: orders, inventory, payments workers and the relay)")
+    stack.start_pipeline()
+    pipeline_phases(stack, mix, args, result)
+    stack.stop_procs(list(PIPELINE))
+
+    if "celery" not in args.skip:
+        workers = len(CONSUMED)
+        say(f"bench: bare Celery, {args.noop_tasks} no-op tasks on {workers} workers x 2")
+        result["bare_celery"] = baselines.bare_celery(stack, tasks=args.noop_tasks, workers=workers, concurrency=2)
+
+
+def pipeline_phases(stack: BenchStack, mix: Any, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Warm-up, saturation, open-loop latency, then the optional profile and memory runs."""
+    from bench import workload
+
+    if args.warmup_orders:
+        say(f"bench: warm-up, {args.warmup_orders} orders")
+        workload.saturation(stack, mix, args.warmup_orders, stall_timeout=args.stall_timeout)
+        workload.wait_quiet(stack)
+    first = stack.sample()
+    say(f"bench: saturation, {args.orders} orders as fast as order_place accepts them")
+    saturation = workload.saturation(stack, mix, args.orders, stall_timeout=args.stall_timeout)
+    during = stack.sample()
+    workload.wait_quiet(stack)
+    cpu = {name: during[name].cpu_s - first[name].cpu_s for name in during if name in first}
+    saturation["cpu_ms_per_order"] = 1000 * (sum(cpu.values()) + saturation["bench_process_cpu_s"]) / args.orders
+    result["saturation"] = saturation
+    say(f"bench: saturation {saturation['orders_per_s']:.1f} orders/s")
+
+    result["latency"] = []
+    fractions = [] if "latency" in args.skip else [float(f) for f in args.fractions.split(",") if f]
+    for fraction in fractions:
+        rate = fraction * saturation["orders_per_s"]
+        say(f"bench: open loop at {fraction:.0%} of saturation, {rate:.1f} orders/s for {args.latency_seconds:.0f}s")
+        phase = workload.open_loop(stack, mix, rate, args.latency_seconds, stall_timeout=args.stall_timeout)
+        phase["fraction"] = fraction
+        result["latency"].append(phase)
+        stats = phase["latency"]
+        say(f"bench: p50 {stats['p50_ms']:.1f} ms, p99 {stats['p99_ms']:.1f} ms, max {stats['max_ms']:.1f} ms")
+        workload.wait_quiet(stack)
+
+    if args.profile:
+        from bench import profiling
+
+        say(f"bench: profiling {args.profile} orders with py-spy")
+        result["profile"] = profiling.record(stack, mix, args.profile, RESULTS / f"{result['timestamp']}-profile")
+        workload.wait_quiet(stack)
+    result["processes"] = _process_rows(first, during, stack.sample(), cpu)
+    result["processes"]["bench (order_place, polls)"] = {
+        "saturation_cpu_s": round(saturation["bench_process_cpu_s"], 2)
+    }
+    result["worker_memory_growth"] = {
+        name: row["growth"] for name, row in result["processes"].items() if name in CONSUMED and "growth" in row
+    }
+    if args.memory_orders:
+        say(f"bench: memory run, {args.memory_orders} orders")
+        result["memory"] = workload.memory_run(
+            stack, mix, args.memory_orders, window=args.memory_window,
+            stall_timeout=args.stall_timeout, workers=list(CONSUMED),
+        )  # fmt: skip
+
+
+def _process_rows(first: dict, during: dict, end: dict, cpu: dict[str, float]) -> dict[str, dict]:
+    """Per process tree: CPU seconds in the saturation run, RSS after warm-up and at the end, peak RSS."""
+    rows = {}
+    for name in end:
+        row: dict[str, Any] = {"saturation_cpu_s": round(cpu.get(name, 0.0), 2), "end": end[name].as_dict()}
+        row["rss_end_mib"] = round(end[name].rss_mib, 1)
+        row["peak_rss_mib"] = round(end[name].hwm_mib, 1)
+        if name in first:
+            row["rss_start_mib"] = round(first[name].rss_mib, 1)
+            row["growth"] = round((end[name].rss_mib - first[name].rss_mib) / first[name].rss_mib, 4)
+        if name in during:
+            row["after_saturation"] = during[name].as_dict()
+        rows[name] = row
+    return rows
+
+
+def finish(result: dict[str, Any]) -> int:
+    from bench import report
+
+    result["ratios"] = report.ratios(result)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"{result['timestamp']}.json"
+    png_path = RESULTS / f"{result['timestamp']}.png"
+    report.write_json(result, json_path)
+    report.plot(result, png_path)
+    print()
+    print(report.table(result))
+    if "profile" in result:
+        print()
+        print((Path(result["profile"]["dir"]) / "summary.txt").read_text())
+    print()
+    say(f"bench: results in {json_path.relative_to(ROOT)} and {png_path.relative_to(ROOT)}")
+    return 0
+
+
+def _git() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)  # noqa: S603, S607
+        return done.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "HEAD") or "unknown",
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+if __name__ == "__main__":
+    started_at = time.monotonic()
+    code = main()
+    say(f"bench: finished in {time.monotonic() - started_at:.0f}s")
+    sys.exit(code)

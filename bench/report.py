@@ -1,0 +1,211 @@
+"""The run's results: ratios against the issue's targets, a printed table, JSON and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "orders_vs_bare_celery": (">=", 0.2),
+    "relay_vs_confirm_each": (">=", 3.0),
+    "p50_ms_at_50pct": ("<=", 60.0),
+    "p99_ms_at_50pct": ("<=", 250.0),
+    "worker_memory_growth": ("<=", 0.10),
+}
+
+
+def ratios(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets as measured ratios and values; reported, never asserted."""
+    out: dict[str, Any] = {}
+    saturation, bare = result.get("saturation"), result.get("bare_celery")
+    if saturation and bare:
+        out["orders_vs_bare_celery"] = saturation["orders_per_s"] / bare["tasks_per_s"]
+    relay, raw = result.get("relay_alone"), result.get("raw_publish")
+    if relay and raw:
+        out["relay_vs_confirm_each"] = relay["events_per_s"] / raw["confirm_each_per_s"]
+    half = next((phase for phase in result.get("latency", []) if phase["fraction"] == 0.5), None)
+    if half:
+        out["p50_ms_at_50pct"] = half["latency"]["p50_ms"]
+        out["p99_ms_at_50pct"] = half["latency"]["p99_ms"]
+    growth = result.get("memory", {}).get("growth") or result.get("worker_memory_growth")
+    if growth:
+        out["worker_memory_growth"] = max(abs(value) for value in growth.values())
+    return {name: {"value": value, "target": _target(name), "met": _met(name, value)} for name, value in out.items()}
+
+
+def _target(name: str) -> str:
+    op, bound = TARGETS[name]
+    return f"{op} {bound:.0%}" if name == "worker_memory_growth" else f"{op} {bound:g}"
+
+
+def _met(name: str, value: float) -> bool:
+    op, bound = TARGETS[name]
+    return value >= bound if op == ">=" else value <= bound
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}M"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def _n(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The human summary printed at the end of a run."""
+    lines = []
+    machine = result["machine"]
+    lines.append(
+        f"Benchmark {result['timestamp']}  db={result['stack']['db']}  cpus={machine['cpus']}  "
+        f"load(1m) {machine['load_1m_start']:.2f} -> {machine['load_1m_end']:.2f}  "
+        f"commit {result['git']['commit'][:10]}{' (dirty)' if result['git']['dirty'] else ''}"
+    )
+    lines.append("")
+    lines.append(f"{'Throughput':<52}{'value':>14}")
+    raw, relay, bare, sat = (result.get(k) for k in ("raw_publish", "relay_alone", "bare_celery", "saturation"))
+    if raw:
+        lines.append(f"  {'raw kombu publish, confirm per message':<50}{_n(raw['confirm_each_per_s']):>14} msg/s")
+        label = f"raw publish, batched confirms ({raw['batch_size']}/wait)"
+        lines.append(f"  {label:<50}{_n(raw['batched_confirms_per_s']):>14} msg/s")
+    if relay:
+        label = f"relay alone ({_n(relay['rows'])} outbox rows, sweep)"
+        lines.append(f"  {label:<50}{_n(relay['events_per_s']):>14} events/s")
+        lines.append(f"  {'  outbox.publish inside transactions':<50}{_n(relay['outbox_writes_per_s']):>14} rows/s")
+    if bare:
+        label = f"bare Celery no-op ({bare['workers']} workers x {bare['concurrency']})"
+        lines.append(f"  {label:<50}{_n(bare['tasks_per_s']):>14} tasks/s")
+        lines.append(
+            f"  {'  send_task, confirm per message':<50}{_n(bare['send_task_confirm_each_per_s']):>14} tasks/s"
+        )
+    if sat:
+        label = f"pipeline saturation ({_n(sat['orders'])} orders, to last decided)"
+        lines.append(f"  {label:<50}{_n(sat['orders_per_s'], 1):>14} orders/s")
+        lines.append(f"  {'  order_place accepted':<50}{_n(sat['placement_per_s']):>14} orders/s")
+        accept = f"{sat['accept']['p50_ms']:.1f} / {sat['accept']['p99_ms']:.1f}"
+        lines.append(f"  {'  order_place call p50 / p99 (ms)':<50}{accept:>14}")
+        lines.append(f"  {'  CPU per order, all processes (ms)':<50}{sat['cpu_ms_per_order']:>14.1f}")
+        if bare:
+            lines.append(f"  {'  CPU per no-op task, workers + broker (ms)':<50}{bare['cpu_ms_per_task']:>14.2f}")
+    if result.get("latency"):
+        lines.append("")
+        header = f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'n':>7}{'lost':>6}"
+        lines.append(f"{'Latency, intended send -> decided_at (ms)':<40}{header}")
+        for phase in result["latency"]:
+            stats = phase["latency"]
+            rate = f"{phase['target_rate_per_s']:.1f}/s, {phase['duration_s']:.0f}s"
+            label = f"  {phase['fraction']:.0%} of saturation ({rate})"
+            lines.append(
+                f"{label:<40}{stats['p50_ms']:>9.1f}{stats['p95_ms']:>9.1f}{stats['p99_ms']:>9.1f}"
+                f"{stats['max_ms']:>9.1f}{stats['count']:>7}{phase['undecided']:>6}"
+            )
+    if result.get("processes"):
+        orders = sat["orders"] if sat else 0
+        lines.append("")
+        lines.append(
+            f"{'Processes (trees incl. pool children)':<36}{'CPU s':>8}{'ms/order':>10}{'RSS start':>11}"
+            f"{'RSS end':>9}{'growth':>8}{'peak RSS':>10}"
+        )
+        for name, row in result["processes"].items():
+            cpu = row.get("saturation_cpu_s", 0.0)
+            per_order = f"{1000 * cpu / orders:.1f}" if orders else "-"
+            lines.append(
+                f"  {name:<34}{cpu:>8.1f}{per_order:>10}{_mib(row.get('rss_start_mib')):>11}"
+                f"{_mib(row.get('rss_end_mib')):>9}{_pct(row.get('growth')):>8}{_mib(row.get('peak_rss_mib')):>10}"
+            )
+        lines.append(
+            "  (CPU s: during the saturation run; RSS start: after the warm-up; RSS end: after the last phase)"
+        )
+    memory = result.get("memory")
+    if memory:
+        lines.append("")
+        lines.append(f"Memory run: {_n(memory['orders'])} orders, at most {memory['window']} undecided")
+        for name, growth in memory["growth"].items():
+            lines.append(
+                f"  {name:<20} RSS {memory['rss_warm_mib'][name]:.0f} MiB after 10% -> "
+                f"{memory['rss_end_mib'][name]:.0f} MiB at the end ({growth:+.1%})"
+            )
+    lines.append("")
+    lines.append(f"{'Targets (the issue; reported, not asserted)':<48}{'measured':>12}{'target':>10}")
+    labels = {
+        "orders_vs_bare_celery": "orders/s / bare Celery tasks/s",
+        "relay_vs_confirm_each": "relay events/s / confirm-each publishes/s",
+        "p50_ms_at_50pct": "p50 at 50% of saturation (ms)",
+        "p99_ms_at_50pct": "p99 at 50% of saturation (ms)",
+        "worker_memory_growth": "worker RSS growth (largest)",
+    }
+    for name, row in result.get("ratios", {}).items():
+        value = f"{row['value']:.1%}" if name == "worker_memory_growth" else f"{row['value']:.3g}"
+        lines.append(f"  {labels[name]:<46}{value:>12}{row['target']:>10}  {'met' if row['met'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    public = _strip_private(result)
+    path.write_text(json.dumps(public, indent=2, default=str) + "\n")
+
+
+def _strip_private(value: Any) -> Any:
+    """Drop the raw per-order series (keys starting with `_`): the plot uses them, the JSON keeps histograms."""
+    if isinstance(value, dict):
+        return {k: _strip_private(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list):
+        return [_strip_private(v) for v in value]
+    return value
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Latency distributions (CDF and percentile spectrum) per rate, and the saturation run's timeline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (cdf, spectrum, timeline) = plt.subplots(1, 3, figsize=(18, 5.2))
+    for phase in result.get("latency", []):
+        values = sorted(phase["_latencies_ms"])
+        if not values:
+            continue
+        label = f"{phase['fraction']:.0%} ({phase['target_rate_per_s']:.1f}/s)"
+        count = len(values)
+        cdf.plot(values, [(i + 1) / count for i in range(count)], label=label)
+        # x = 1 / (1 - percentile): p50 at 2, p90 at 10, p99 at 100, as HdrHistogram plots do.
+        spectrum.plot([count / (count - i) for i in range(count)], values, label=label)
+    cdf.set_xscale("log")
+    cdf.set_xlabel("latency, intended send to decided (ms)")
+    cdf.set_ylabel("fraction of orders")
+    cdf.set_title("Latency CDF by offered load")
+    for bound, style in ((60, ":"), (250, "--")):
+        cdf.axvline(bound, color="grey", linestyle=style, linewidth=1)
+    cdf.legend()
+    spectrum.set_xscale("log")
+    spectrum.set_xlim(1, 10000)
+    ticks = [2, 10, 100, 1000, 10000]
+    spectrum.set_xticks(ticks, ["p50", "p90", "p99", "p99.9", "p99.99"])
+    spectrum.set_xlabel("percentile")
+    spectrum.set_ylabel("latency (ms)")
+    spectrum.set_title("Latency by percentile")
+    spectrum.axhline(250, color="grey", linestyle="--", linewidth=1)
+    spectrum.legend()
+    saturation = result.get("saturation")
+    if saturation and saturation.get("_timeline"):
+        placed = [c for c, _ in saturation["_timeline"]]
+        decided = [d for _, d in saturation["_timeline"] if d is not None]
+        end = math.ceil(max(decided + placed))
+        bins = list(range(end + 2))
+        timeline.hist(placed, bins=bins, histtype="step", label="placed")
+        timeline.hist(decided, bins=bins, histtype="step", label="decided")
+        timeline.axhline(saturation["orders_per_s"], color="grey", linestyle=":", linewidth=1, label="mean orders/s")
+        timeline.set_xlabel("seconds since first placement")
+        timeline.set_ylabel("orders per second")
+        timeline.set_title(f"Saturation run, {saturation['orders']} orders")
+        timeline.legend()
+    fig.suptitle(f"Order pipeline benchmark {result['timestamp']} ({result['stack']['db']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
