@@ -160,52 +160,86 @@ def _strip_private(value: Any) -> Any:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Latency distributions (CDF and percentile spectrum) per rate, and the saturation run's timeline."""
+    """Latency distributions (CDF and percentile spectrum) per rate, the saturation run's timeline and,
+    after a memory run, each worker's RSS over it: one panel per part the run has."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (cdf, spectrum, timeline) = plt.subplots(1, 3, figsize=(18, 5.2))
-    for phase in result.get("latency", []):
-        values = sorted(phase["_latencies_ms"])
-        if not values:
-            continue
-        label = f"{phase['fraction']:.0%} ({phase['target_rate_per_s']:.1f}/s)"
-        count = len(values)
-        cdf.plot(values, [(i + 1) / count for i in range(count)], label=label)
-        # x = 1 / (1 - percentile): p50 at 2, p90 at 10, p99 at 100, as HdrHistogram plots do.
-        spectrum.plot([count / (count - i) for i in range(count)], values, label=label)
-    cdf.set_xscale("log")
-    cdf.set_xlabel("latency, intended send to decided (ms)")
-    cdf.set_ylabel("fraction of orders")
-    cdf.set_title("Latency CDF by offered load")
-    for bound, style in ((60, ":"), (250, "--")):
-        cdf.axvline(bound, color="grey", linestyle=style, linewidth=1)
-    cdf.legend()
-    spectrum.set_xscale("log")
-    spectrum.set_xlim(1, 10000)
-    ticks = [2, 10, 100, 1000, 10000]
-    spectrum.set_xticks(ticks, ["p50", "p90", "p99", "p99.9", "p99.99"])
-    spectrum.set_xlabel("percentile")
-    spectrum.set_ylabel("latency (ms)")
-    spectrum.set_title("Latency by percentile")
-    spectrum.axhline(250, color="grey", linestyle="--", linewidth=1)
-    spectrum.legend()
-    saturation = result.get("saturation")
-    if saturation and saturation.get("_timeline"):
-        placed = [c for c, _ in saturation["_timeline"]]
-        decided = [d for _, d in saturation["_timeline"] if d is not None]
-        end = math.ceil(max(decided + placed))
-        bins = list(range(end + 2))
-        timeline.hist(placed, bins=bins, histtype="step", label="placed")
-        timeline.hist(decided, bins=bins, histtype="step", label="decided")
-        timeline.axhline(saturation["orders_per_s"], color="grey", linestyle=":", linewidth=1, label="mean orders/s")
-        timeline.set_xlabel("seconds since first placement")
-        timeline.set_ylabel("orders per second")
-        timeline.set_title(f"Saturation run, {saturation['orders']} orders")
-        timeline.legend()
+    panels = []
+    if any(phase["_latencies_ms"] for phase in result.get("latency", [])):
+        panels += [_latency_cdf, _latency_spectrum]
+    if result.get("saturation", {}).get("_timeline"):
+        panels.append(_saturation_timeline)
+    if result.get("memory"):
+        panels.append(_memory)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 5.2), squeeze=False)
+    for draw, ax in zip(panels, axes[0], strict=False):
+        draw(result, ax)
     fig.suptitle(f"Order pipeline benchmark {result['timestamp']} ({result['stack']['db']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _label(phase: dict[str, Any]) -> str:
+    return f"{phase['fraction']:.0%} ({phase['target_rate_per_s']:.1f}/s)"
+
+
+def _latency_cdf(result: dict[str, Any], ax: Any) -> None:
+    for phase in result["latency"]:
+        values = sorted(phase["_latencies_ms"])
+        ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=_label(phase))
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, intended send to decided (ms)")
+    ax.set_ylabel("fraction of orders")
+    ax.set_title("Latency CDF by offered load")
+    for bound, style in ((60, ":"), (250, "--")):
+        ax.axvline(bound, color="grey", linestyle=style, linewidth=1)
+    ax.legend()
+
+
+def _latency_spectrum(result: dict[str, Any], ax: Any) -> None:
+    for phase in result["latency"]:
+        values = sorted(phase["_latencies_ms"])
+        count = len(values)
+        # x = 1 / (1 - percentile): p50 at 2, p90 at 10, p99 at 100, as HdrHistogram plots do.
+        ax.plot([count / (count - i) for i in range(count)], values, label=_label(phase))
+    ax.set_xscale("log")
+    ax.set_xlim(1, 10000)
+    ax.set_xticks([2, 10, 100, 1000, 10000], ["p50", "p90", "p99", "p99.9", "p99.99"])
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("Latency by percentile")
+    ax.axhline(250, color="grey", linestyle="--", linewidth=1)
+    ax.legend()
+
+
+def _saturation_timeline(result: dict[str, Any], ax: Any) -> None:
+    saturation = result["saturation"]
+    placed = [c for c, _ in saturation["_timeline"]]
+    decided = [d for _, d in saturation["_timeline"] if d is not None]
+    bins = list(range(math.ceil(max(decided + placed)) + 2))
+    ax.hist(placed, bins=bins, histtype="step", label="placed")
+    ax.hist(decided, bins=bins, histtype="step", label="decided")
+    ax.axhline(saturation["orders_per_s"], color="grey", linestyle=":", linewidth=1, label="mean orders/s")
+    ax.set_xlabel("seconds since first placement")
+    ax.set_ylabel("orders per second")
+    ax.set_title(f"Saturation run, {saturation['orders']} orders")
+    ax.legend()
+
+
+def _memory(result: dict[str, Any], ax: Any) -> None:
+    memory = result["memory"]
+    for name in memory["growth"]:
+        ax.plot(
+            [sample["decided"] for sample in memory["samples"]],
+            [sample["rss_mib"][name] for sample in memory["samples"]],
+            label=name,
+        )
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("orders decided")
+    ax.set_ylabel("RSS of the worker and its pool (MiB)")
+    ax.set_title(f"Memory run, {memory['orders']} orders")
+    ax.legend()
