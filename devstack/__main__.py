@@ -21,17 +21,9 @@ PYTHON = sys.executable
 
 def _service_env(config: StackConfig) -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("CELERY_BROKER_URL", config.broker_url)
-    env.setdefault("REDIS_URL", config.redis_url)
-    env.setdefault("RABBITMQ_MANAGEMENT_URL", config.management_url)
-    env.update(
-        WEB_PORT=str(config.web_port),
-        FLOWER_PORT=str(config.flower_port),
-        RABBITMQ_PORT=str(config.amqp_port),
-        RABBITMQ_MANAGEMENT_PORT=str(config.management_port),
-        REDIS_PORT=str(config.redis_port),
-        PYTHONUNBUFFERED="1",
-    )
+    for name, value in config.connection_env().items():
+        env.setdefault(name, value)  # a URL given in the environment wins over the local stack's
+    env.update(WEB_PORT=str(config.web_port), FLOWER_PORT=str(config.flower_port), PYTHONUNBUFFERED="1")
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
     return env
 

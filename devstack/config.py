@@ -60,3 +60,15 @@ class StackConfig:
     @property
     def management_url(self) -> str:
         return f"http://{self.host}:{self.management_port}"
+
+    def connection_env(self) -> dict[str, str]:
+        """The variables that point a process (settings, devstack) at this stack's servers."""
+        return {
+            "CELERY_BROKER_URL": self.broker_url,
+            "REDIS_URL": self.redis_url,
+            "RABBITMQ_MANAGEMENT_URL": self.management_url,
+            "RABBITMQ_PORT": str(self.amqp_port),
+            "RABBITMQ_MANAGEMENT_PORT": str(self.management_port),
+            "REDIS_PORT": str(self.redis_port),
+            "RUN_DIR": str(self.run_dir),
+        }
