@@ -11,16 +11,19 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	@touch $@
 
-run: $(VENV)/.installed ## the whole system in the foreground (Ctrl-C stops it)
+run: $(VENV)/.installed ## the whole system in the foreground (Ctrl-C stops it; STACK_DB=postgres, RABBITMQ_NODES=3)
 	$(PY) -m devstack run
 
-test: $(VENV)/.installed ## RabbitMQ + Redis, then the whole test suite
-	$(PY) -m devstack test $(PYTEST_ARGS)
+# The suite runs once per database: SQLite (the default of make run) and PostgreSQL (what users deploy).
+TEST_DBS ?= sqlite postgres
+
+test: $(VENV)/.installed ## RabbitMQ + Redis (+ PostgreSQL), then the whole test suite on each of TEST_DBS
+	@set -e; for db in $(TEST_DBS); do $(PY) -m devstack test --db $$db $(PYTEST_ARGS); done
 
 bench: $(VENV)/.installed ## the benchmark on its own stack (BENCH_ARGS="--orders 1000 --db postgres ...")
 	$(PY) -m bench $(BENCH_ARGS)
 
-services: $(VENV)/.installed ## only RabbitMQ and Redis, for running things by hand
+services: $(VENV)/.installed ## only the servers (RabbitMQ, Redis; PostgreSQL with STACK_DB=postgres), for running things by hand
 	$(PY) -m devstack services
 
 chaos: $(VENV)/.installed ## the pipeline on its own stack under faults, checked (CHAOS_ARGS='--orders 500 --seed 1')

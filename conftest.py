@@ -1,4 +1,4 @@
-"""Session fixtures: a per-run RabbitMQ vhost and real Celery worker processes on it."""
+"""Session fixtures: a per-run RabbitMQ vhost and the pipeline's real processes on it, started by devstack."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import ProcessGroup, database_url, temporary_vhost, wait_for_workers
+from devstack import pipeline
+from devstack.stack import Stack, expected_consumers
+from tests.harness import database_url, process_stack, temporary_vhost
 
-SERVICE_QUEUES = {
-    "orders": "orders.tasks,eventbus.tasks",
-    "inventory": "inventory.tasks",
-    "payments": "payments.tasks",
-}
+WORKER_OPTIONS = {"extra": ("--without-gossip", "--without-mingle")}
 
 
 @pytest.fixture(scope="session")
@@ -31,37 +29,33 @@ def broker_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def stack_env(broker_url: str, django_db_setup, django_db_blocker) -> dict[str, str]:
-    """Environment for child processes: the same broker vhost, test database and settings."""
+    """What child processes need beyond the stack's own variables: the run's vhost, test database and cache."""
     from django.conf import settings
     from django.db import connection
 
     with django_db_blocker.unblock():
         url = database_url(connection.settings_dict)
     return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "orderproj.settings.test",
         "CELERY_BROKER_URL": broker_url,
         "DATABASE_URL": url,
         "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
         "RABBITMQ_MANAGEMENT_URL": settings.RABBITMQ_MANAGEMENT_URL,
-        "PYTHONUNBUFFERED": "1",
     }
 
 
 @pytest.fixture(scope="session")
-def workers(stack_env: dict[str, str]) -> Iterator[ProcessGroup]:
+def workers(stack_env: dict[str, str], broker_url: str) -> Iterator[Stack]:
     """One real Celery worker process per service, consuming its queues on the test vhost, and the relay."""
-    from orderproj.celery import app
-
-    group = ProcessGroup(env=stack_env)
+    stack = process_stack(stack_env)
     try:
-        for service, queues in SERVICE_QUEUES.items():
-            group.start_worker(service, queues, concurrency=2)
-        wait_for_workers(app, [f"{service}-test" for service in SERVICE_QUEUES], group)
-        group.start_relay()
-        yield group
+        services = [svc.name for svc in pipeline.services()]
+        for name in services:
+            stack.start_worker(name, name=f"{name}-test", **WORKER_OPTIONS)
+        stack.wait_consuming(expected_consumers(services), broker_url=broker_url)
+        stack.start_relay(poll=0.5)
+        yield stack
     finally:
-        group.stop_all()
+        stack.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

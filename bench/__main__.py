@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.stack import CONSUMED, PIPELINE, BenchStack
+from bench.stack import BenchStack, consumed, pipeline_names
 from devstack.brokers import StackError, say
 from devstack.config import ROOT, StackConfig
 
@@ -80,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         amqp_port=args.amqp_port,
         management_port=args.management_port,
         redis_port=args.redis_port,
+        postgres_port=args.postgres_port,
+        db=args.db,
         run_dir=args.run_dir.resolve(),
     )
     overrides = dict(item.split("=", 1) for item in args.env)
-    stack = BenchStack(config, db=args.db, postgres_port=args.postgres_port, overrides=overrides)
+    stack = BenchStack(config, overrides=overrides)
     # Django, Celery and kombu read these when they load: set them before anything imports them.
     os.environ.update(stack.env)
     # Started in the background by a non-interactive shell, Python would ignore SIGINT; Ctrl-C must stop it all.
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             "run_dir": str(config.run_dir),
             "amqp_port": config.amqp_port,
             "redis_port": config.redis_port,
-            "database_url": stack.database_url,
+            "database_url": config.database_url,
             "env_overrides": overrides,
         },
     }
@@ -142,13 +144,13 @@ def run(stack: BenchStack, args: argparse.Namespace, result: dict[str, Any]) -> 
         say(f"bench: relay alone, {args.relay_rows} outbox rows")
         result["relay_alone"] = baselines.relay_alone(stack, args.relay_rows)
 
-    say("bench: starting the pipeline (Procfile: orders, inventory, payments workers and the relay)")
+    say(f"bench: starting the pipeline ({', '.join(pipeline_names())})")
     stack.start_pipeline()
     pipeline_phases(stack, mix, args, result)
-    stack.stop_procs(list(PIPELINE))
+    stack.stop_procs(pipeline_names())
 
     if "celery" not in args.skip:
-        workers = len(CONSUMED)
+        workers = len(consumed())
         say(f"bench: bare Celery, {args.noop_tasks} no-op tasks on {workers} workers x 2")
         result["bare_celery"] = baselines.bare_celery(stack, tasks=args.noop_tasks, workers=workers, concurrency=2)
 
@@ -194,13 +196,13 @@ def pipeline_phases(stack: BenchStack, mix: Any, args: argparse.Namespace, resul
         "saturation_cpu_s": round(saturation["bench_process_cpu_s"], 2)
     }
     result["worker_memory_growth"] = {
-        name: row["growth"] for name, row in result["processes"].items() if name in CONSUMED and "growth" in row
+        name: row["growth"] for name, row in result["processes"].items() if name in consumed() and "growth" in row
     }
     if args.memory_orders:
         say(f"bench: memory run, {args.memory_orders} orders")
         result["memory"] = workload.memory_run(
             stack, mix, args.memory_orders, window=args.memory_window,
-            stall_timeout=args.stall_timeout, workers=list(CONSUMED),
+            stall_timeout=args.stall_timeout, workers=list(consumed()),
         )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.stack import PIPELINE, BenchStack
+from bench.stack import BenchStack, pipeline_names
 from devstack.config import ROOT
 
 if TYPE_CHECKING:
@@ -47,14 +47,14 @@ COST_CENTRES = [
     ("availability cache refresh, Redis", "availability_refresh", "inventory/services.py"),
     ("order_place", "order_place", "orders/services.py"),
     ("relay: publish_rows", "publish_rows", "eventbus/relay.py"),
-    ("relay: pending_rows", "pending_rows", "eventbus/relay.py"),
+    ("relay: outbox_claim", "outbox_claim", "eventbus/outbox_claims.py"),
 ]
 
 
 def record(stack: BenchStack, mix: OrderMix, orders: int, out_dir: Path, *, rate: int = 100) -> dict:
     """Place `orders` orders as fast as accepted while py-spy records every pipeline process and this one."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    targets = {name: stack.procs[name].pid for name in PIPELINE} | {"bench (order_place)": os.getpid()}
+    targets = {name: stack.procs[name].pid for name in pipeline_names()} | {"bench (order_place)": os.getpid()}
     spies = {}
     for name, pid in targets.items():
         argv = [str(PY_SPY), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--nolineno",

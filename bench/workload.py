@@ -17,7 +17,7 @@ from django.utils import timezone
 from hdrh.histogram import HdrHistogram
 
 from bench.procstats import self_cpu_seconds
-from bench.stack import CONSUMED, BenchStack
+from bench.stack import BenchStack, consumed
 from eventbus.models import OutboxMessage
 from inventory.models import Product, Reservation
 from orders.models import CatalogProduct, Order
@@ -131,7 +131,7 @@ def wait_quiet(stack: BenchStack, *, timeout: float = 180) -> None:
             "authorized payments": Payment.objects.filter(status=Payment.Status.AUTHORIZED).count(),
             "held reservations": Reservation.objects.filter(status=Reservation.Status.HELD).count(),
         }
-        ready = {queue: stack.queue_state(queue)[0] for name in CONSUMED for queue in CONSUMED[name]}
+        ready = {queue: stack.queue_state(queue)[0] for queues in consumed().values() for queue in queues}
         if not any(left.values()) and not any(ready.values()):
             return
         stack.check_alive()

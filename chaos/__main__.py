@@ -1,10 +1,11 @@
 """`python -m chaos`: run the order pipeline on its own stack under faults and check what it promises.
 
-It starts private RabbitMQ and Redis nodes (their own ports and data under --run-dir), a fresh SQLite
-database, two workers per service and the relay; places a seeded stream of orders through
-`order_place` while killing pool processes, workers and the relay, restarting RabbitMQ, and
-publishing duplicates and poison; waits for quiet and checks that no order was lost and no effect
-happened twice. Exit status: 0 when every check holds, 1 on a violation, 2 when the stack failed.
+It starts, through devstack, private servers (RabbitMQ: one node or a cluster; Redis; PostgreSQL with
+--db postgres) on ports of their own with data under --run-dir, a fresh database, two workers per service
+and the relays; places a seeded stream of orders through `order_place` while killing pool processes,
+workers and relays, restarting RabbitMQ, and publishing duplicates and poison; waits for quiet and checks
+that no order was lost and no effect happened twice. Exit status: 0 when every check holds, 1 on a
+violation, 2 when the stack failed.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from chaos.stack import Stack
+from chaos.stack import ChaosStack
 from devstack.brokers import StackError, say
-from devstack.config import ROOT, StackConfig
+from devstack.config import DATABASES, ROOT, StackConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,11 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds without progress before checking anyway (default 240, --quick 200: longer than the 180 s "
         "RabbitMQ 3.10 may hold a dead-lettered retry after a restart)",
     )
-    parser.add_argument("--db", choices=["sqlite"], default="sqlite", help="database (SQLite file under --run-dir)")
+    parser.add_argument("--db", choices=DATABASES, default="sqlite", help="database, under --run-dir (default sqlite)")
+    parser.add_argument("--rabbitmq-nodes", type=int, default=1, help="RabbitMQ cluster size (default 1)")
+    parser.add_argument("--relays", type=int, default=1, help="outbox relays side by side (default 1)")
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run" / "chaos", help="data and logs (wiped first)")
     parser.add_argument("--amqp-port", type=int, default=5700)
     parser.add_argument("--management-port", type=int, default=15700)
     parser.add_argument("--redis-port", type=int, default=6400)
+    parser.add_argument("--postgres-port", type=int, default=5870)
     return parser.parse_args(argv)
 
 
@@ -51,16 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         amqp_port=args.amqp_port,
         management_port=args.management_port,
         redis_port=args.redis_port,
+        postgres_port=args.postgres_port,
+        db=args.db,
+        rabbitmq_nodes=args.rabbitmq_nodes,
         run_dir=args.run_dir.resolve(),
     )
-    stack = Stack(config)
+    stack = ChaosStack(config, relays=args.relays)
     # Django, Celery and kombu read these when they load: set them before anything imports them.
     os.environ.update(stack.env)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     try:
-        stack.start_brokers()
-        say("chaos: migrating a fresh SQLite database")
+        stack.start_servers()
+        say(f"chaos: migrating a fresh {args.db} database")
         stack.migrate()
         import django
 
@@ -84,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("chaos: interrupted")
         return 130
-    except (StackError, RuntimeError, OSError) as error:
+    except (StackError, RuntimeError, OSError, ValueError) as error:
         traceback.print_exc()
         print(f"\033[1;31mchaos: error:\033[0m {error}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-        say("chaos: stopping workers, relay, RabbitMQ and Redis")
+        say("chaos: stopping the processes and the servers")
         stack.stop()
 
 

@@ -12,7 +12,7 @@ import requests
 from chaos.checks import Progress, check, undrained
 from chaos.faults import Injector, schedule
 from chaos.report import summary
-from chaos.stack import Stack
+from chaos.stack import ChaosStack
 from chaos.workload import catalogue_ready, place, plan, products_create
 from devstack.brokers import say
 from orders.models import Order
@@ -55,7 +55,7 @@ class Clock:
 class Supervision:
     """Restarts a process that ended by itself (as a supervisor would) and remembers that it did."""
 
-    stack: Stack
+    stack: ChaosStack
     clock: Clock
     crashes: list[str] = field(default_factory=list)
 
@@ -71,12 +71,12 @@ class Supervision:
             self.stack.lock.release()
 
 
-def run(stack: Stack, options: Options) -> int:
+def run(stack: ChaosStack, options: Options) -> int:
     """Start the processes, stream the orders with the faults, wait for quiet, check; 0 when it all held."""
     started = time.monotonic()
-    say(f"chaos: starting {len(stack.worker_names())} workers and the relay")
+    say(f"chaos: starting {len(stack.worker_names())} workers and {stack.relays} relay(s)")
     stack.start_all()
-    stack.wait_until_consuming(timeout=300)
+    stack.wait_consuming(stack.expected_consumers(), timeout=300)
     stock = products_create(orders=options.orders)
     _wait(lambda: catalogue_ready(list(stock)), 120, "the orders catalogue to learn the products")
     planned = plan(orders=options.orders, rng=seeded(options.seed, "orders"))
@@ -139,7 +139,7 @@ def _pace(clock: Clock, index: int, options: Options, supervision: Supervision, 
 
 
 def _wait_for_quiet(
-    stack: Stack, options: Options, supervision: Supervision, *, accepted: int, tick: Callable[[], None]
+    stack: ChaosStack, options: Options, supervision: Supervision, *, accepted: int, tick: Callable[[], None]
 ) -> float:
     """Wait until every order is decided and settled, nothing waits in the outbox, and every queue is empty
     on two readings of the broker's statistics; give up after `quiet_timeout` seconds without progress."""
@@ -163,7 +163,7 @@ def _wait_for_quiet(
         time.sleep(1)
 
 
-def _drained(stack: Stack) -> bool:
+def _drained(stack: ChaosStack) -> bool:
     try:
         return not undrained(stack.queues())
     except requests.RequestException:

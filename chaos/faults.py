@@ -13,7 +13,6 @@ import pickle
 import queue
 import random
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -26,7 +25,9 @@ from pathlib import Path
 from django.db import close_old_connections
 from kombu import Connection
 
-from chaos.stack import Stack, child_pids
+from chaos.stack import ChaosStack
+from devstack.processes import child_pids
+from devstack.stack import wait_consuming
 from eventbus.envelope import CONTENT_TYPE
 from eventbus.models import OutboxMessage
 
@@ -78,7 +79,7 @@ def schedule(*, orders: int, rounds: int, rng: random.Random) -> dict[int, list[
 class Injector:
     """Runs faults one at a time on its own thread, recording what it did and when."""
 
-    stack: Stack
+    stack: ChaosStack
     rng: random.Random
     clock_zero: float
     outage: tuple[float, float] = (4.0, 8.0)
@@ -122,7 +123,7 @@ class Injector:
 
     def _kill_pool_child(self) -> str:
         name = self.rng.choice(self.stack.worker_names())
-        children = child_pids(self.stack.procs[name].pid)
+        children = child_pids(self.stack.processes.pid(name))
         if not children:
             return f"{name} had no pool process to kill"
         victim = self.rng.choice(sorted(children))
@@ -136,17 +137,18 @@ class Injector:
             orphans = self.stack.kill(name)
             time.sleep(1)  # a supervisor notices, then restarts
             self.stack.restart(name)
-        back = self._wait_for_workers([name], timeout=120)
+        back = self._wait_consuming(self.stack.expected_consumers(name.rsplit("-", 1)[0]), timeout=120)
         self.stack.reap_orphans()
         return f"SIGKILL {name} (orphaning pool processes {orphans}); restarted, answering again after {back:.1f}s"
 
     def _kill_relay(self) -> str:
+        name = self.rng.choice(self.stack.relay_names())
         with self.stack.lock:
-            self.stack.kill("relay")
+            self.stack.kill(name)
             pause = self.rng.uniform(0.5, 3)
             time.sleep(pause)
-            self.stack.restart("relay")
-        return f"SIGKILL relay; restarted after {pause:.1f}s"
+            self.stack.restart(name)
+        return f"SIGKILL {name}; restarted after {pause:.1f}s"
 
     def _broker_restart(self) -> str:
         down_for = self.rng.uniform(*self.outage)
@@ -159,7 +161,7 @@ class Injector:
         if started.returncode != 0:
             raise RuntimeError(f"rabbitmqctl start_app: {started.stdout}{started.stderr}")
         outage = time.monotonic() - down_at
-        back = self._wait_for_workers(self.stack.worker_names(), timeout=180)
+        back = self._wait_consuming(self.stack.expected_consumers(), timeout=180)
         return f"rabbitmqctl stop_app; start_app after {outage:.1f}s; every worker answering again {back:.1f}s later"
 
     def _duplicates(self) -> str:
@@ -216,23 +218,9 @@ class Injector:
             Poison(f"{token}-pickle", "pickle", pickle.dumps(Unpickled(marker)), PICKLE),
         ]  # fmt: skip
 
-    @staticmethod
-    def _wait_for_workers(names: list[str], timeout: float) -> float:
-        """Block until each named worker answers a control ping (it is connected and consuming again)."""
-        from orderproj.celery import app
-
-        started = time.monotonic()
-        pending = {f"{name}@{socket.gethostname()}" for name in names}
-        while pending:
-            if time.monotonic() - started > timeout:
-                raise RuntimeError(f"{sorted(pending)} did not answer within {timeout:.0f}s")
-            try:
-                replies = app.control.ping(destination=sorted(pending), timeout=1.0) or []
-            except Exception:  # the broker is still coming back
-                time.sleep(1)
-                continue
-            pending -= {host for reply in replies for host in reply}
-        return time.monotonic() - started
+    def _wait_consuming(self, expected: dict[str, int], timeout: float) -> float:
+        """Block until the workers consume again (a crashed process is the supervision's business)."""
+        return wait_consuming(self.stack.config.broker_url, expected, None, timeout=timeout)
 
     def _connection(self) -> Connection:
         return Connection(self.stack.config.broker_url, transport_options={"confirm_publish": True})

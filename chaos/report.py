@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from chaos.checks import Verdict
 from chaos.faults import Fault
-from chaos.stack import Stack
+from chaos.stack import ChaosStack
 from orders.models import Order
 
 
@@ -15,7 +15,7 @@ def summary(
     orders: int,
     faults: list[Fault],
     crashes: list[str],
-    stack: Stack,
+    stack: ChaosStack,
     timings: dict[str, float],
 ) -> None:
     """The Jepsen-style report: what was done to the system, what it did, and whether it held."""

@@ -1,4 +1,4 @@
-"""`python -m devstack run|test|services`: the local stack behind `make run` and `make test`."""
+"""`python -m devstack run|test|services|procfile`: the local stack behind `make run` and `make test`."""
 
 from __future__ import annotations
 
@@ -8,144 +8,182 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+import time
+from contextlib import suppress
 
-from devstack import brokers
 from devstack.brokers import StackError, say
-from devstack.config import ROOT, StackConfig
-from devstack.supervisor import Supervisor, read_procfile
+from devstack.config import DATABASES, ROOT, StackConfig
+from devstack.processes import ProcessExited
+from devstack.stack import Stack
 
-PYTHON = sys.executable
-
-
-def _service_env(config: StackConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in config.connection_env().items():
-        env.setdefault(name, value)  # a URL given in the environment wins over the local stack's
-    env.update(WEB_PORT=str(config.web_port), FLOWER_PORT=str(config.flower_port), PYTHONUNBUFFERED="1")
-    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
-    return env
-
-
-@contextmanager
-def brokers_running(config: StackConfig) -> Iterator[None]:
-    """Start RabbitMQ and Redis for the duration of the block, and stop them after it."""
-    brokers.ensure_system_packages()
-    brokers.check_ports_free(
-        config,
-        {"REDIS_PORT": config.redis_port, "RABBITMQ_PORT": config.amqp_port,
-         "RABBITMQ_MANAGEMENT_PORT": config.management_port, "RABBITMQ_DIST_PORT": config.dist_port},
-    )  # fmt: skip
-    say(f"starting Redis on {config.host}:{config.redis_port} (data in {config.redis_dir})")
-    redis = brokers.start_redis(config)
-    rabbit = None
-    try:
-        say(f"starting RabbitMQ on {config.host}:{config.amqp_port} (data in {config.rabbit_dir})")
-        rabbit = brokers.start_rabbitmq(config)
-        say("RabbitMQ and Redis are up")
-        yield
-    finally:
-        say("stopping RabbitMQ and Redis")
-        if rabbit is not None:
-            brokers.stop_rabbitmq(rabbit, config)
-        redis.stop()
-
-
-def _manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True)
+# `make run` only: a URL the user exported points the processes at their own server instead.
+USER_CHOICES = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "RABBITMQ_MANAGEMENT_URL")
+SERVER_RESTARTS = 3  # per server and `make run`; past that the stack stops and says which server died
 
 
 def admin_password(config: StackConfig) -> str:
     """The generated admin password, created once and kept under .run/ (never in git)."""
     path = config.run_dir / "admin-password"
     if not path.exists():
-        config.run_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_urlsafe(18) + "\n")
         path.chmod(0o600)
     return path.read_text().strip()
 
 
+def _setup_django(stack: Stack) -> None:
+    os.environ.update(stack.env)
+    import django
+
+    django.setup()
+
+
 def run(config: StackConfig) -> int:
     """`make run`: everything in the foreground until Ctrl-C."""
-    brokers.check_ports_free(config, {"WEB_PORT": config.web_port, "FLOWER_PORT": config.flower_port})
-    env = _service_env(config)
-    password = admin_password(config)
-    env.setdefault("FLOWER_BASIC_AUTH", f"admin:{password}")
-    stopping = {"flag": False}
+    from devstack import brokers, pipeline
 
+    brokers.check_ports_free(config, {"WEB_PORT": config.web_port, "FLOWER_PORT": config.flower_port})
+    stack = Stack(config, echo=True, overrides={k: os.environ[k] for k in USER_CHOICES if k in os.environ})
+    _stop_on_signals()
+    try:
+        stack.start_servers()
+        password = admin_password(config)
+        flower_auth = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{password}"
+        stack.processes.env.update(FLOWER_BASIC_AUTH=flower_auth, WEB_PORT=str(config.web_port),
+                                   FLOWER_PORT=str(config.flower_port))  # fmt: skip
+        _setup_django(stack)
+        say("migrating the database and loading demo data")
+        stack.migrate()
+        stack.manage("seed_demo")
+        stack.manage("ensure_admin", "--password-file", str(config.run_dir / "admin-password"))
+        stack.start_web()
+        for service in pipeline.services():
+            stack.start_worker(service.name)
+        stack.start_relay()
+        stack.start_beat()
+        stack.start_flower()
+        _print_urls(config, flower_auth.split(":", 1)[0])
+        return _supervise(stack)
+    except KeyboardInterrupt:
+        say("stopping everything")
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        stack.stop()
+
+
+def _supervise(stack: Stack) -> int:
+    """Until Ctrl-C: a pipeline process that ends stops the stack; a server that dies is started again."""
+    restarts: dict[str, int] = {}
+    while True:
+        time.sleep(0.5)
+        try:
+            stack.processes.check_alive()
+        except ProcessExited as ended:
+            say(f"{ended.name} ended; stopping everything")
+            return 1
+        dead = [name for name, server in stack.servers.items() if not server.alive()]
+        for name in dead:
+            restarts[name] = restarts.get(name, 0) + 1
+            if restarts[name] > SERVER_RESTARTS:
+                say(f"{name} died again after {SERVER_RESTARTS} restarts; stopping everything")
+                return 1
+        if dead:
+            try:
+                stack.revive_servers()
+            except StackError as error:
+                say(f"{', '.join(dead)} could not be started again ({error}); stopping everything")
+                return 1
+            say(f"{', '.join(dead)} running again")
+
+
+def _stop_on_signals() -> None:
     def interrupt(*_: object) -> None:
-        stopping["flag"] = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    try:
-        with brokers_running(config):
-            say("migrating the database and loading demo data")
-            _manage(env, "migrate", "--noinput", "-v", "0")
-            _manage(env, "seed_demo")
-            _manage(env, "ensure_admin", "--password-file", str(config.run_dir / "admin-password"))
-            supervisor = Supervisor(read_procfile(ROOT / "Procfile"), env, ROOT)
-            signal.signal(signal.SIGTERM, supervisor.request_stop)
-            signal.signal(signal.SIGINT, supervisor.request_stop)
-            supervisor.start()
-            _print_urls(config, password, env["FLOWER_BASIC_AUTH"])
-            ended = supervisor.wait()
-            say(f"{ended} ended; stopping everything" if ended else "stopping everything")
-            supervisor.stop()
-            return 1 if ended else 0
-    except KeyboardInterrupt:
-        return 0 if stopping["flag"] else 130
+    signal.signal(signal.SIGINT, interrupt)
 
 
-def _print_urls(config: StackConfig, password: str, flower_auth: str) -> None:
+def _print_urls(config: StackConfig, flower_user: str) -> None:
     base = f"http://{config.host}"
-    flower_user = flower_auth.split(":", 1)[0]
+    password_file = config.run_dir / "admin-password"
     say(
         "the order pipeline is running (Ctrl-C stops it all)\n"
-        f"    admin        {base}:{config.web_port}/admin/   user admin, password {password}\n"
+        f"    admin        {base}:{config.web_port}/admin/   user admin, password in {password_file}\n"
         f"    API          {base}:{config.web_port}/api/orders/   docs {base}:{config.web_port}/api/docs/\n"
         f"    Flower       {base}:{config.flower_port}/   user {flower_user} (FLOWER_BASIC_AUTH)\n"
-        f"    RabbitMQ     {config.management_url}/   user guest, password guest (loopback only)"
+        f"    RabbitMQ     {config.management_url}/   user guest (loopback only)"
     )
 
 
 def test(config: StackConfig, pytest_args: list[str]) -> int:
-    """`make test`: the brokers, then the whole suite against them."""
-    env = _service_env(config)
-    env.setdefault("DJANGO_SETTINGS_MODULE", "orderproj.settings.test")
+    """`make test`: the servers, then the whole suite against them."""
+    from devstack import brokers
+
     brokers.ensure_system_packages(brokers.TEST_PACKAGES)
-    with brokers_running(config):
-        return subprocess.run([PYTHON, "-m", "pytest", *pytest_args], cwd=ROOT, env=env, check=False).returncode
+    stack = Stack(config, settings="orderproj.settings.test")
+    _stop_on_signals()
+    try:
+        stack.start_servers()
+        say(f"pytest on {config.db}")
+        return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd=ROOT, env=stack.env,
+                              check=False).returncode  # fmt: skip
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stack.stop()
 
 
 def services(config: StackConfig) -> int:
-    """Only RabbitMQ and Redis, for running tests or processes by hand."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with brokers_running(config):
-        say(f"broker {config.broker_url}  redis {config.redis_url}  (Ctrl-C stops them)")
+    """Only the servers (RabbitMQ, Redis and, with --db postgres, PostgreSQL), for running things by hand."""
+    stack = Stack(config)
+    _stop_on_signals()
+    try:
+        stack.start_servers()
+        say("servers up (Ctrl-C stops them):\n" + "\n".join(f"    {k}={v}" for k, v in config.connection_env().items()))
         with suppress(KeyboardInterrupt):
             signal.pause()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stack.stop()
+
+
+def procfile() -> int:
+    """Print the Procfile the registry implies (tests/test_compose.py compares it with ./Procfile)."""
+    from devstack import pipeline
+
+    _setup_django(Stack(StackConfig()))
+    sys.stdout.write(pipeline.procfile())
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="the whole system in the foreground")
-    sub.add_parser("services", help="only RabbitMQ and Redis")
-    sub.add_parser("test", help="the brokers, then pytest (any further arguments go to pytest)")
+    for name, text in (("run", "the whole system in the foreground"), ("services", "only the servers"),
+                       ("test", "the servers, then pytest (further arguments go to pytest)")):  # fmt: skip
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--db", choices=DATABASES, default=None, help="database (default: $STACK_DB or sqlite)")
+        command.add_argument("--rabbitmq-nodes", type=int, default=None, help="RabbitMQ cluster size (default 1)")
+    sub.add_parser("procfile", help="print the processes `run` starts, as a Procfile")
     args, pytest_args = parser.parse_known_args()
     if pytest_args and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
-    config = StackConfig()
+    if args.command == "procfile":
+        return procfile()
+    choices = {"db": args.db, "rabbitmq_nodes": args.rabbitmq_nodes}
     try:
+        config = StackConfig(**{key: value for key, value in choices.items() if value is not None})
         if args.command == "run":
             return run(config)
         if args.command == "test":
             return test(config, pytest_args)
         return services(config)
-    except StackError as error:
+    except (StackError, ValueError) as error:
         print(f"\033[1;31merror:\033[0m {error}", file=sys.stderr)
         return 2
 

@@ -2,30 +2,56 @@
 
 from celery import current_app
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
 from eventbus import deadletters
+from eventbus.health import outbox_health
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
+from eventbus.outbox_claims import outbox_unblock
+
+
+class OutboxStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+    STATES = {
+        "pending": Q(sent_at__isnull=True, blocked_at__isnull=True),
+        "retrying": Q(sent_at__isnull=True, blocked_at__isnull=True, next_attempt_at__isnull=False),
+        "blocked": Q(sent_at__isnull=True, blocked_at__isnull=False),
+        "sent": Q(sent_at__isnull=False),
+    }
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(state, state) for state in self.STATES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> QuerySet[OutboxMessage]:
+        return queryset.filter(self.STATES[self.value()]) if self.value() in self.STATES else queryset
 
 
 @admin.register(OutboxMessage)
 class OutboxMessageAdmin(admin.ModelAdmin):
-    list_display = ["id", "event_type", "routing_key", "correlation_id", "created_at", "sent_at", "publish_attempts"]
-    list_filter = [("sent_at", admin.EmptyFieldListFilter), "event_type"]
+    list_display = ["id", "event_type", "routing_key", "correlation_id", "created_at", "sent_at", "sent_by",
+                    "publish_attempts", "last_attempt_at", "blocked_at"]  # fmt: skip
+    list_filter = [OutboxStateFilter, "event_type"]
     search_fields = ["event_id", "event_type", "correlation_id"]
     readonly_fields = [f.name for f in OutboxMessage._meta.fields]
+    actions = ["unblock"]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
-        pending = OutboxMessage.objects.filter(sent_at__isnull=True)
-        oldest = pending.order_by("id").values_list("created_at", flat=True).first()
-        lag = f"{(timezone.now() - oldest).total_seconds():.1f} s" if oldest else "none"
-        title = f"Outbox: {pending.count()} pending, lag {lag}"
+        outbox = outbox_health(now=timezone.now())
+        blocked = OutboxMessage.objects.filter(sent_at__isnull=True, blocked_at__isnull=False).count()
+        lag = f"{outbox.lag_seconds:.1f} s" if outbox.pending else "none"
+        title = f"Outbox: {outbox.pending} unsent, {blocked} of them blocked, lag {lag}"
         return super().changelist_view(request, {**(extra_context or {}), "title": title})
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.action(description="Unblock and publish again")
+    def unblock(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
+        unblocked = outbox_unblock(ids=queryset.values_list("id", flat=True))
+        self.message_user(request, f"Unblocked {unblocked} outbox row(s); the relay publishes them.", messages.SUCCESS)
 
 
 @admin.register(InboxMessage)

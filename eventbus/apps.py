@@ -7,7 +7,7 @@ class EventbusConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from eventbus import worker  # noqa: F401  (connects the worker start-up signal)
+        from eventbus import retention, worker  # noqa: F401  (its system check; the worker start-up signal)
 
         # Contracts and subscriptions register themselves on import; topology and tasks follow.
         autodiscover_modules("events", "handlers")

@@ -34,6 +34,8 @@ def store(
         text = body.decode("utf-8", errors="backslashreplace")
     else:
         text = body
+    # PostgreSQL text cannot hold NUL, which binary (pickle) bodies carry; kept escaped, like other bytes.
+    text = text.replace("\x00", "\\x00")
     event_id, event_type = _identify(text) if content_type in ("", CONTENT_TYPE, "application/json") else ("", "")
     return DeadLetter.objects.create(
         reason=reason,
@@ -44,8 +46,8 @@ def store(
         content_type=content_type,
         body=text,
         headers=_jsonable(headers or {}),
-        error=error[:10_000],
-        traceback=traceback[-20_000:],
+        error=error[:10_000].replace("\x00", "\\x00"),
+        traceback=traceback[-20_000:].replace("\x00", "\\x00"),
         attempts=attempts,
     )
 

@@ -23,6 +23,7 @@ from eventbus import deadletters
 from eventbus.envelope import CloudEvent, PoisonMessage, from_dict
 from eventbus.models import DeadLetter, InboxMessage
 from eventbus.outbox import HopLimitExceeded, current_event
+from eventbus.retention import event_expired
 from eventbus.subscriptions import Handler
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ class TransientError(Exception):
 
 class PermanentError(Exception):
     """Raised by a handler for a failure that retrying cannot fix."""
+
+
+class EventExpired(PermanentError):
+    """An event older than the inbox window allows: a duplicate of it could no longer be recognised."""
 
 
 PERMANENT = (PermanentError, PoisonMessage, ValidationError, HopLimitExceeded, LookupError)
@@ -63,7 +68,13 @@ def run_handler(task: HandlerTask, handler: Handler, raw_event: dict[str, Any]) 
     attempt = task.request.retries
     try:
         event = from_dict(raw_event)
+        if event_expired(event.time) and not _handled(handler, event):
+            # Retention may have deleted the inbox row of an earlier handling (see eventbus.retention).
+            raise EventExpired(f"{event.type} {event.id} of {event.time} is older than the inbox window allows")
         return {"outcome": _apply_once(handler, event, task.request.id or ""), "attempt": attempt + 1}
+    except EventExpired as error:
+        _dead_letter(handler, raw_event, error, DeadLetter.Reason.EXPIRED, attempt + 1)
+        raise
     except PERMANENT as error:
         _dead_letter(handler, raw_event, error, DeadLetter.Reason.PERMANENT, attempt + 1)
         raise
@@ -101,6 +112,10 @@ def _apply_once(handler: Handler, event: CloudEvent, task_id: str) -> str:
     finally:
         current_event.reset(token)
     return "done"
+
+
+def _handled(handler: Handler, event: CloudEvent) -> bool:
+    return InboxMessage.objects.filter(handler=handler.name, event_id=event.id).exists()
 
 
 def _dead_letter(handler: Handler, raw_event: dict[str, Any], error: BaseException, reason: str, attempts: int) -> None:

@@ -14,13 +14,24 @@ class OutboxMessage(models.Model):
     body = models.JSONField(help_text="The whole CloudEvent, as published.")
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
-    publish_attempts = models.PositiveIntegerField(default=0)
+    publish_attempts = models.PositiveIntegerField(default=0, help_text="Tries so far, failed ones included.")
     last_error = models.TextField(blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="Backoff after a failure.")
+    # A relay (or the sweep) leases the rows it publishes; another may take them once the lease runs out.
+    claimed_by = models.CharField(max_length=200, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    sent_by = models.CharField(max_length=200, blank=True, help_text="The relay whose publish the broker confirmed.")
+    blocked_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set when the row ran out of attempts; relays skip it until it is unblocked."
+    )
 
     class Meta:
         ordering = ["id"]
         indexes = [
             models.Index(fields=["id"], condition=models.Q(sent_at__isnull=True), name="eventbus_outbox_pending"),
+            # Retention finds sent rows by age, and the health page the newest send, without a scan.
+            models.Index(fields=["sent_at"], condition=models.Q(sent_at__isnull=False), name="eventbus_outbox_sent"),
         ]
 
     def __str__(self) -> str:
@@ -40,6 +51,7 @@ class InboxMessage(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [models.UniqueConstraint(fields=["handler", "event_id"], name="eventbus_inbox_once")]
+        indexes = [models.Index(fields=["processed_at"], name="eventbus_inbox_processed")]  # retention by age
 
     def __str__(self) -> str:
         return f"{self.handler} <- {self.event_type} {self.event_id}"
@@ -54,6 +66,7 @@ class DeadLetter(models.Model):
         PERMANENT = "permanent", "permanent error"
         BROKER = "broker", "dead-lettered by the broker"
         HOP_LIMIT = "hop_limit", "hop limit exceeded"
+        EXPIRED = "expired", "older than the inbox window"
 
     reason = models.CharField(max_length=16, choices=Reason.choices, db_index=True)
     queue = models.CharField(max_length=200, help_text="The queue the message was consumed from.")
@@ -72,6 +85,13 @@ class DeadLetter(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        indexes = [
+            # The health page counts what waits for an operator; retention finds handled letters by age.
+            models.Index(fields=["id"], condition=models.Q(replayed_at__isnull=True), name="eventbus_dead_unreplayed"),
+            models.Index(
+                fields=["replayed_at"], condition=models.Q(replayed_at__isnull=False), name="eventbus_dead_replayed"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.reason} {self.event_type or self.content_type} from {self.queue}"

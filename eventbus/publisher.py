@@ -1,4 +1,9 @@
-"""Publishing with publisher confirms, many messages in flight per wait for the broker's acks."""
+"""Publishing with publisher confirms, many messages in flight per wait for the broker's acks.
+
+Each message's fate is its own: the broker confirms it, nacks it, returns it as unroutable, or
+does not confirm it in time, and only that message is reported refused; the rest of its batch
+stands. Losing the connection says nothing about any message, so that error is raised instead.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import amqp
+from amqp.exceptions import ChannelError, NotFound
 from celery import Celery
 from kombu import Connection
-
-
-class PublishFailed(RuntimeError):
-    """The broker nacked a message or did not confirm it in time."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,9 @@ class ConfirmingPublisher:
         self.confirm_timeout = confirm_timeout
         self._channel: amqp.Channel | None = None
         self._next_tag = 1
-        self._unconfirmed: set[int] = set()
-        self._nacked: set[int] = set()
+        self._unconfirmed: dict[int, str] = {}  # delivery tag -> message id
+        self._refused: dict[str, str] = {}  # message id -> why
+        self._exchanges: set[str] = set()  # seen to exist
 
     @property
     def channel(self) -> amqp.Channel:
@@ -48,54 +51,96 @@ class ConfirmingPublisher:
             self._channel.confirm_select()
             self._channel.events["basic_ack"].add(self._on_ack)
             self._channel.events["basic_nack"].add(self._on_nack)
+            self._channel.events["basic_return"].add(self._on_return)
             self._next_tag = 1
         return self._channel
 
-    def _settle(self, tag: int, multiple: bool) -> set[int]:
-        done = {t for t in self._unconfirmed if t <= tag} if multiple else {tag}
-        self._unconfirmed -= done
-        return done
+    def publish_batch(self, messages: Iterable[Outgoing]) -> dict[str, str]:
+        """Publish every message persistently and mandatory (unroutable ones come back), wait for
+        the broker's confirms, and return the refused messages as {message_id: reason}."""
+        messages = list(messages)
+        self._unconfirmed.clear()
+        self._refused = {}
+        # Checked before the first publish: a missing exchange closes the channel, and with it
+        # the confirms of everything already published on it.
+        missing = self._missing_exchanges({message.exchange for message in messages})
+        try:
+            channel = self.channel
+            for message in messages:
+                if message.exchange in missing:
+                    self._refused[message.message_id] = f"exchange {message.exchange!r} does not exist"
+                    continue
+                channel.basic_publish(
+                    amqp.Message(
+                        message.body,
+                        content_type=message.content_type,
+                        content_encoding="utf-8",
+                        delivery_mode=2,
+                        message_id=message.message_id,
+                    ),
+                    exchange=message.exchange,
+                    routing_key=message.routing_key,
+                    mandatory=True,
+                )
+                self._unconfirmed[self._next_tag] = message.message_id
+                self._next_tag += 1
+            self._wait_for_confirms()
+        except ChannelError as error:
+            # The broker closed the channel: what it had not confirmed may or may not have arrived.
+            self._drop_channel()
+            self._exchanges.clear()  # perhaps one was deleted: the next batch checks them again
+            self._refuse_unconfirmed(f"channel closed by the broker: {error}")
+        return self._refused
 
-    def _on_ack(self, tag: int, multiple: bool) -> None:
-        self._settle(tag, multiple)
+    def _missing_exchanges(self, names: set[str]) -> set[str]:
+        missing = set()
+        for name in sorted(names - self._exchanges):
+            try:
+                self.channel.exchange_declare(name, "topic", passive=True)
+            except NotFound:
+                self._drop_channel()
+                missing.add(name)
+            else:
+                self._exchanges.add(name)
+        return missing
 
-    def _on_nack(self, tag: int, multiple: bool) -> None:
-        self._nacked |= self._settle(tag, multiple)
+    def _drop_channel(self) -> None:
+        # py-amqp reopens a channel the broker closed, but without confirms: close it for good.
+        if self._channel is not None and self._channel.is_open:
+            self._channel.close()
+        self._channel = None
 
-    def publish_batch(self, messages: Iterable[Outgoing]) -> int:
-        """Publish every message persistently, then block until the broker has confirmed them all."""
-        channel = self.channel
-        self._nacked.clear()
-        count = 0
-        for message in messages:
-            channel.basic_publish(
-                amqp.Message(
-                    message.body,
-                    content_type=message.content_type,
-                    content_encoding="utf-8",
-                    delivery_mode=2,
-                    message_id=message.message_id,
-                ),
-                exchange=message.exchange,
-                routing_key=message.routing_key,
-            )
-            self._unconfirmed.add(self._next_tag)
-            self._next_tag += 1
-            count += 1
-        self.wait_for_confirms()
-        return count
-
-    def wait_for_confirms(self) -> None:
+    def _wait_for_confirms(self) -> None:
         connection = self.connection.connection  # the py-amqp connection underneath kombu's
         deadline = time.monotonic() + self.confirm_timeout
         while self._unconfirmed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._unconfirmed.clear()
-                raise PublishFailed("the broker did not confirm the batch in time")
+                self._refuse_unconfirmed(f"not confirmed by the broker within {self.confirm_timeout:g}s")
+                return
             try:
                 connection.drain_events(timeout=min(remaining, 1.0))
             except TimeoutError:
                 continue
-        if self._nacked:
-            raise PublishFailed(f"the broker refused {len(self._nacked)} message(s)")
+
+    def _refuse_unconfirmed(self, reason: str) -> None:
+        for message_id in self._unconfirmed.values():
+            self._refused.setdefault(message_id, reason)
+        self._unconfirmed.clear()
+
+    def _settle(self, tag: int, multiple: bool) -> list[str]:
+        tags = [t for t in self._unconfirmed if t <= tag] if multiple else [tag]
+        # Confirms of an earlier batch that timed out arrive late: their tags are gone.
+        return [self._unconfirmed.pop(t) for t in tags if t in self._unconfirmed]
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        for message_id in self._settle(tag, multiple):
+            self._refused.setdefault(message_id, "nacked by the broker (a queue refused it, or an internal error)")
+
+    def _on_return(self, error: Exception, exchange: str, routing_key: str, message: amqp.Message) -> None:
+        # The return comes before the message's ack, which then settles its tag.
+        reason = f"returned unroutable by {exchange!r} for {routing_key!r}: {error}"
+        self._refused[message.properties.get("message_id", "")] = reason

@@ -1,8 +1,9 @@
 """The outbox relay: publishes committed events in order, with batched publisher confirms.
 
 It wakes when a transaction commits (a Redis nudge) and at least every poll interval, so rows
-left behind by a crash or a broker outage go out without a manual step. A row is marked sent
-only after the broker confirmed it; a crash in between publishes it again, which the consumers'
+left behind by a crash or a broker outage go out without a manual step. Relays run side by side:
+each claims its batch under a lease (eventbus.outbox_claims) and marks sent only what the broker
+confirmed and it still holds. A crash in between publishes a row again, which the consumers'
 inboxes absorb.
 """
 
@@ -10,102 +11,155 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import redis
 from celery import current_app
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.db.models import F
-from django.utils import timezone
+from kombu import Connection
 
 from eventbus.envelope import CONTENT_TYPE
 from eventbus.models import OutboxMessage
 from eventbus.outbox import nudge_channel
+from eventbus.outbox_claims import (
+    outbox_claim,
+    outbox_mark_sent,
+    outbox_record_failures,
+    outbox_release,
+    outbox_release_all,
+)
 from eventbus.publisher import ConfirmingPublisher, Outgoing, batch_connection
 from eventbus.topology import declare_all
 
 logger = logging.getLogger(__name__)
 
 
-def pending_rows(*, limit: int, older_than: timedelta | None = None) -> list[OutboxMessage]:
-    rows = OutboxMessage.objects.filter(sent_at__isnull=True).order_by("id")
-    if older_than is not None:
-        rows = rows.filter(created_at__lte=timezone.now() - older_than)
-    return list(rows.only("id", "event_id", "exchange", "routing_key", "body")[:limit])
+def relay_name() -> str:
+    """A relay's default name, unique among live relays: its host and process id."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def publish_rows(publisher: ConfirmingPublisher, rows: list[OutboxMessage]) -> int:
-    """Publish `rows` in id order, wait for every confirm, then mark them sent."""
+def confirming_publisher(connection: Connection) -> ConfirmingPublisher:
+    """A publisher whose confirm wait fits inside the relay's lease."""
+    return ConfirmingPublisher(connection, confirm_timeout=settings.EVENTBUS_RELAY_CONFIRM_TIMEOUT_SECONDS)
+
+
+@dataclass
+class BatchOutcome:
+    """What the broker said about a claimed batch, to be written to its rows."""
+
+    claimer: str
+    confirmed: list[int] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)  # row id -> why
+
+    def record(self) -> int:
+        """Mark the confirmed rows sent and the refused ones failed; return how many were marked sent."""
+        if not (self.confirmed or self.refused):
+            return 0  # no write transaction: on SQLite it would queue behind the workers' for nothing
+        with transaction.atomic():
+            sent = outbox_mark_sent(claimer=self.claimer, ids=self.confirmed)
+            outbox_record_failures(claimer=self.claimer, failures=self.refused)
+        for row_id, reason in self.refused.items():
+            logger.warning("relay %s: outbox row %s not published: %s", self.claimer, row_id, reason)
+        return sent
+
+
+def publish_rows(publisher: ConfirmingPublisher, rows: list[OutboxMessage], *, claimer: str) -> BatchOutcome:
+    """Publish claimed `rows` in id order and wait for the broker's word on each. When the
+    connection fails midway, the rows are given back and the error raised."""
+    outcome = BatchOutcome(claimer)
     if not rows:
-        return 0
-    publisher.publish_batch(
-        Outgoing(
-            exchange=row.exchange,
-            routing_key=row.routing_key,
-            body=json.dumps(row.body, separators=(",", ":")).encode(),
-            content_type=CONTENT_TYPE,
-            message_id=str(row.event_id),
+        return outcome
+    try:
+        refused = publisher.publish_batch(
+            Outgoing(
+                exchange=row.exchange,
+                routing_key=row.routing_key,
+                body=json.dumps(row.body, separators=(",", ":")).encode(),
+                content_type=CONTENT_TYPE,
+                message_id=str(row.event_id),
+            )
+            for row in rows
         )
-        for row in rows
-    )
-    with transaction.atomic():
-        OutboxMessage.objects.filter(id__in=[row.id for row in rows]).update(
-            sent_at=timezone.now(), publish_attempts=F("publish_attempts") + 1
-        )
-    return len(rows)
+    except Exception as error:
+        outbox_release(claimer=claimer, ids=[row.id for row in rows], error=f"{type(error).__name__}: {error}")
+        raise
+    for row in rows:
+        if (reason := refused.get(str(row.event_id))) is not None:
+            outcome.refused[row.id] = reason
+        else:
+            outcome.confirmed.append(row.id)
+    return outcome
 
 
-def sweep(*, older_than: timedelta | None = None, limit: int | None = None) -> int:
-    """Publish every pending row (or those older than `older_than`) once; return how many went out."""
+def sweep(*, older_than: timedelta | None = None, limit: int | None = None, name: str | None = None) -> int:
+    """Publish every row no relay holds (or only those older than `older_than`) once, claiming
+    them as `name` like any relay; return how many went out."""
     limit = limit or settings.EVENTBUS_RELAY_BATCH
+    name = name or f"sweep-{relay_name()}"
     total = 0
     with batch_connection(current_app) as connection:
         connection.ensure_connection(max_retries=3)
-        publisher = ConfirmingPublisher(connection)
-        while rows := pending_rows(limit=limit, older_than=older_than):
-            total += publish_rows(publisher, rows)
+        publisher = confirming_publisher(connection)
+        while True:
+            rows = outbox_claim(claimer=name, limit=limit, older_than=older_than)
+            total += publish_rows(publisher, rows, claimer=name).record()
             if len(rows) < limit:
-                break
-    return total
+                return total
 
 
 class Relay:
     """The long-running relay process behind `manage.py relay`."""
 
-    def __init__(self, *, batch_size: int, poll_seconds: float) -> None:
+    def __init__(self, *, name: str, batch_size: int, poll_seconds: float) -> None:
+        self.name = name
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self._stop = False
         self._pubsub = None
+        self._unrecorded: BatchOutcome | None = None  # confirmed, but the database was away
 
     def stop(self, *_: object) -> None:
         self._stop = True
 
     def run(self) -> None:
         delay = 0.5
+        freed = False
         while not self._stop:
             try:
+                if not freed:
+                    outbox_release_all(claimer=self.name)
+                    freed = True
                 with batch_connection(current_app) as connection:
                     connection.ensure_connection(max_retries=1)
                     declare_all(connection, current_app)
-                    logger.info("relay connected to %s", connection.as_uri())
+                    logger.info("relay %s connected to %s", self.name, connection.as_uri())
                     delay = 0.5
-                    self._loop(ConfirmingPublisher(connection))
+                    self._loop(confirming_publisher(connection))
             except Exception as error:  # broker or database away: rows wait in the outbox
-                logger.warning("relay: %s; retrying in %.1fs", error, delay)
+                logger.warning("relay %s: %s; retrying in %.1fs", self.name, error, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 close_old_connections()
 
     def _loop(self, publisher: ConfirmingPublisher) -> None:
         while not self._stop:
-            rows = pending_rows(limit=self.batch_size)
-            sent = publish_rows(publisher, rows)
+            if self._unrecorded is not None:
+                # Recorded late rather than published again once the lease runs out.
+                self._unrecorded.record()
+                self._unrecorded = None
+            rows = outbox_claim(claimer=self.name, limit=self.batch_size)
+            self._unrecorded = publish_rows(publisher, rows, claimer=self.name)
+            sent = self._unrecorded.record()
+            self._unrecorded = None
             if sent:
-                logger.info("relay published %d event(s)", sent)
-            if sent < self.batch_size:
+                logger.info("relay %s published %d event(s)", self.name, sent)
+            if len(rows) < self.batch_size:
                 self._wait_for_nudge()
 
     def _wait_for_nudge(self) -> None:

@@ -89,8 +89,11 @@ class OrderCreateApi(APIView):
     @extend_schema(request=OrderInputSerializer, responses={201: OrderSerializer}, parameters=[IDEMPOTENCY_KEY])
     def post(self, request: Request) -> Response:
         key = request.headers.get("Idempotency-Key", "").strip()
-        if len(key) > 255:
-            return Response({"Idempotency-Key": ["At most 255 characters."]}, status=status.HTTP_400_BAD_REQUEST)
+        if len(key) > 255 or not key.isprintable():
+            # Printable: a NUL byte cannot even be looked up in PostgreSQL (found by the fuzz test there).
+            return Response(
+                {"Idempotency-Key": ["At most 255 printable characters."]}, status=status.HTTP_400_BAD_REQUEST
+            )
         fingerprint = hashlib.sha256(request.body).hexdigest()
         if key and (stored := IdempotencyKey.objects.filter(key=key).first()):
             return _replay(stored, fingerprint)

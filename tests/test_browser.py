@@ -14,8 +14,9 @@ import pytest
 import requests
 from django.contrib.auth import get_user_model
 
+from devstack.stack import Stack
 from tests import factories
-from tests.harness import ROOT, ProcessGroup, free_port, wait_for_port
+from tests.harness import ROOT, free_port, process_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,7 +34,7 @@ class Site:
 
 
 @pytest.fixture(scope="session")
-def site(workers: ProcessGroup, stack_env: dict[str, str]) -> Iterator[Site]:
+def site(workers: Stack, stack_env: dict[str, str]) -> Iterator[Site]:
     """The web process and Flower, started on free ports beside the suite's workers."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
@@ -41,15 +42,15 @@ def site(workers: ProcessGroup, stack_env: dict[str, str]) -> Iterator[Site]:
     flower_auth = ("admin", secrets.token_urlsafe(12))
     env = {**stack_env, "FLOWER_URL": f"http://127.0.0.1:{flower_port}",
            "FLOWER_BASIC_AUTH": ":".join(flower_auth)}  # fmt: skip
-    group = ProcessGroup(env=env)
+    stack = process_stack(env, web_port=web_port, flower_port=flower_port)
     try:
-        group.start_flower(flower_port)
-        group.start_web(web_port)
-        wait_for_port(flower_port, group, "flower")
-        wait_for_port(web_port, group, "web")
+        stack.start_flower()
+        stack.start_web()
+        stack.wait_for_port("flower", flower_port)
+        stack.wait_for_port("web", web_port)
         yield Site(f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{flower_port}", flower_auth)
     finally:
-        group.stop_all()
+        stack.stop()
 
 
 @pytest.fixture

@@ -15,19 +15,21 @@ import uuid
 from pathlib import Path
 
 import pytest
+from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
-def free_ports() -> tuple[int, int, int]:
-    """AMQP, management and Redis ports that are free, with the AMQP port + 20000 (Erlang distribution) too."""
+def free_ports() -> tuple[int, int, int, int]:
+    """AMQP, management, Redis and PostgreSQL ports that are free, with the AMQP port + 20000 (Erlang
+    distribution) too."""
     for base in range(5710, 5790, 7):
-        ports = (base, base + 10000, base + 700)
+        ports = (base, base + 10000, base + 700, base + 160)
         if not any(_in_use(port) for port in (*ports, base + 20000)):
             return ports
-    pytest.skip("no free ports for the chaos stack")
+    pytest.fail("no free ports for the chaos stack")
 
 
 def _in_use(port: int) -> bool:
@@ -36,10 +38,13 @@ def _in_use(port: int) -> bool:
 
 
 def test_a_short_chaos_run_loses_no_order_and_doubles_no_effect():
-    amqp, management, redis = free_ports()
+    # On the database this test run uses: `make test` runs the suite on SQLite and on PostgreSQL.
+    db = "postgres" if connection.vendor == "postgresql" else "sqlite"
+    amqp, management, redis, postgres = free_ports()
     run_dir = ROOT / ".run" / f"chaos-test-{uuid.uuid4().hex[:8]}"
     argv = [sys.executable, "-m", "chaos", "--orders", "120", "--quick", "--seed", "7", "--run-dir", str(run_dir),
-            "--amqp-port", str(amqp), "--management-port", str(management), "--redis-port", str(redis)]  # fmt: skip
+            "--amqp-port", str(amqp), "--management-port", str(management), "--redis-port", str(redis),
+            "--postgres-port", str(postgres), "--db", db]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -54,7 +59,7 @@ def test_a_short_chaos_run_loses_no_order_and_doubles_no_effect():
     assert "lost = 0\n" in output, summary
     assert "duplicated = 0\n" in output, summary
     assert "verdict = VALID" in output, summary
-    assert not any(_in_use(port) for port in (amqp, management, redis, amqp + 20000)), (
+    assert not any(_in_use(port) for port in (amqp, management, redis, postgres, amqp + 20000)), (
         "the chaos stack left a port open"
     )
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from django.conf import settings
 
-from devstack.supervisor import read_procfile
+from devstack import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -30,7 +30,9 @@ SECRETS = ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS", "A
 CELERY_WORKER = ["celery", "-A", "orderproj", "worker"]
 PUBLISHED = {"web": ["8000"], "flower": ["5555"], "rabbitmq": ["5672", "15672"]}
 
-ENV_READ = re.compile(r"""\b(?:os\.environ\.get|env_bool|env_int|required|_port)\(\s*["']([A-Z][A-Z0-9_]*)["']""")
+ENV_READ = re.compile(
+    r"""\b(?:os\.environ\.get|env_bool|env_int|required|_port|_choice|_count)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
+)
 REQUIRED_READ = re.compile(r"""\brequired\(\s*["']([A-Z][A-Z0-9_]*)["']""")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
 
@@ -117,9 +119,18 @@ def test_compose_refuses_to_start_without_a_secret():
         assert all(modifier.startswith(":?") for modifier in modifiers), f"{secret} has a default somewhere"
 
 
+def read_procfile() -> dict[str, list[str]]:
+    lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip() and line[0] != "#"]
+    return {name: shlex.split(command) for name, command in (line.split(":", 1) for line in lines)}
+
+
+def test_the_procfile_is_the_one_the_subscription_registry_implies():
+    assert (ROOT / "Procfile").read_text() == pipeline.procfile(), "regenerate: python -m devstack procfile > Procfile"
+
+
 def test_compose_runs_every_procfile_process(services):
     # Given the Procfile `make run` starts; web and Flower differ only in how they listen
-    procfile = {spec.name: shlex.split(spec.command) for spec in read_procfile(ROOT / "Procfile")}
+    procfile = read_procfile()
     workers = {name: args for name, args in procfile.items() if args[:4] == CELERY_WORKER}
     others = {name: args for name, args in procfile.items() if name not in workers and name not in ("web", "flower")}
 

@@ -6,6 +6,7 @@ import json
 import pickle
 import uuid
 from contextlib import suppress
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -144,13 +145,13 @@ def test_a_duplicate_delivery_has_one_effect(listener, broker_url):
 def test_a_relay_killed_before_marking_rows_sent_causes_no_double_effect(workers):
     # Given the relay is killed, and an order is placed meanwhile
     factories.product("P003", stock=10)
-    workers.kill("relay")
+    workers.processes.kill("relay")
     order = place(("P003", 1))
     row = OutboxMessage.objects.get(event_type="orders.OrderPlaced.v1")
     assert row.sent_at is None
 
     # When a relay comes back, it publishes the waiting row without a manual step
-    workers.start_relay()
+    workers.start_relay(poll=0.5)
     reservation_of(order.id)
     event_id = str(row.event_id)
     task_result("inventory.reserve_stock", event_id, "done")
@@ -192,11 +193,12 @@ def test_poison_messages_are_dead_lettered_never_loop_and_a_fixed_one_replays(wo
     factories.product("P004", stock=10)
     marker = tmp_path / "unpickled"
     good_order = str(uuid.uuid4())
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")  # a fixed date would expire (inbox window)
     valid = {
         "specversion": "1.0", "id": str(uuid.uuid4()), "source": "/orders", "type": "orders.OrderPlaced.v1",
-        "time": "2026-11-29T12:00:00Z", "datacontenttype": "application/json",
+        "time": now, "datacontenttype": "application/json",
         "data": {"orderId": good_order, "items": [{"productId": "P004", "quantity": 1}], "totalAmount": "10.00",
-                 "currency": "USD", "timestamp": "2026-11-29T12:00:00Z", "paymentToken": seal("tok_visa")},
+                 "currency": "USD", "timestamp": now, "paymentToken": seal("tok_visa")},
     }  # fmt: skip
     wrong_schema = {**valid, "data": {**valid["data"], "items": []}}
     unknown_type = {**valid, "id": str(uuid.uuid4()), "type": "orders.OrderTeleported.v1"}

@@ -15,8 +15,10 @@ def test_task_runs_on_a_worker_process_and_its_result_is_recorded(workers):
     # Then a worker process runs it and the result reaches the django-db backend
     reply = result.get(timeout=30)
     assert reply["reply"] == "hello"
-    assert reply["worker"].startswith("orders-test@")
+    # (housekeeping tasks such as this one run on any service's worker)
+    worker = reply["worker"].split("@", 1)[0]
+    assert worker in {f"{service}-test" for service in ("orders", "inventory", "payments")}
     row = TaskResult.objects.get(task_id=result.id)
     assert row.status == "SUCCESS"
     assert row.task_name == "eventbus.ping"
-    assert row.worker.startswith("orders-test@")
+    assert row.worker == reply["worker"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -21,6 +24,18 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def env_duration(name: str, default: str) -> timedelta:
+    """A positive duration such as `14d`, `12h`, `30m` or `90s` (a bare number counts seconds)."""
+    text = os.environ.get(name, default).strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text.lower())
+    if not match or float(match[1]) <= 0:
+        raise ImproperlyConfigured(f"{name}={text!r}: expected a positive duration such as 14d, 12h, 30m or 90s")
+    return timedelta(seconds=float(match[1]) * DURATION_UNITS[match[2] or "s"])
 
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
@@ -129,6 +144,7 @@ CELERY_RESULT_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
+CELERY_RESULT_EXPIRES = None  # eventbus.retention deletes task results, in batches, not celery.backend_cleanup
 CELERY_CACHE_BACKEND = "default"
 # Every handler is idempotent (inbox), so a message is acknowledged only once its work is done
 # and goes back to the queue when the process running it dies.
@@ -155,6 +171,10 @@ CELERY_BEAT_SCHEDULE = {
     # The relay sweeps on its own; this catches rows it left behind while it was down.
     "sweep-outbox": {"task": "eventbus.sweep_outbox", "schedule": 30.0},
     "cancel-stale-orders": {"task": "orders.cancel_stale_orders", "schedule": 15.0},
+    "retention": {
+        "task": "eventbus.retention",
+        "schedule": env_duration("EVENTBUS_RETENTION_INTERVAL", "1h").total_seconds(),
+    },
 }
 ORDER_PENDING_TIMEOUT_SECONDS = env_int("ORDER_PENDING_TIMEOUT_SECONDS", 120)
 # Quorum queues replicate and enforce a delivery limit; topic exchanges let retry countdowns
@@ -231,4 +251,14 @@ EVENTBUS_INTAKE_PREFETCH = env_int("EVENTBUS_INTAKE_PREFETCH", 64)
 EVENTBUS_RELAY_BATCH = env_int("EVENTBUS_RELAY_BATCH", 500)
 EVENTBUS_RELAY_POLL_SECONDS = float(os.environ.get("EVENTBUS_RELAY_POLL_SECONDS", "1"))
 EVENTBUS_RELAY_SWEEP_AGE_SECONDS = float(os.environ.get("EVENTBUS_RELAY_SWEEP_AGE_SECONDS", "10"))
+# A relay's hold on the rows it publishes; it must outlast the confirm wait, or a slow batch goes out twice.
+EVENTBUS_RELAY_LEASE_SECONDS = float(os.environ.get("EVENTBUS_RELAY_LEASE_SECONDS", "30"))
+EVENTBUS_RELAY_CONFIRM_TIMEOUT_SECONDS = float(os.environ.get("EVENTBUS_RELAY_CONFIRM_TIMEOUT_SECONDS", "20"))
+EVENTBUS_RELAY_MAX_ATTEMPTS = env_int("EVENTBUS_RELAY_MAX_ATTEMPTS", 10)  # then the row is blocked
 EVENTBUS_SEAL_KEY = os.environ.get("EVENTBUS_SEAL_KEY", "")  # encrypts secrets inside events; default: SECRET_KEY
+# Retention (eventbus.retention): rows that have served their purpose are deleted after these
+# windows. The inbox window must outlive every redelivery; `manage.py check` says when it is too short.
+EVENTBUS_RETENTION_OUTBOX_SENT = env_duration("EVENTBUS_RETENTION_OUTBOX_SENT", "7d")
+EVENTBUS_RETENTION_INBOX = env_duration("EVENTBUS_RETENTION_INBOX", "14d")
+EVENTBUS_RETENTION_TASK_RESULTS = env_duration("EVENTBUS_RETENTION_TASK_RESULTS", "7d")
+EVENTBUS_RETENTION_DEAD_LETTERS = env_duration("EVENTBUS_RETENTION_DEAD_LETTERS", "30d")

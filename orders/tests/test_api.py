@@ -66,6 +66,13 @@ def test_a_repeated_idempotency_key_returns_the_first_response_and_places_one_or
     assert Order.objects.count() == 1 and IdempotencyKey.objects.count() == 1
 
 
+@pytest.mark.parametrize("key", ["k\x00-1", "k\n1", "x" * 256])
+def test_an_idempotency_key_that_is_too_long_or_not_printable_is_a_400_and_stores_nothing(api, key):
+    response = post(api, VALID, **{"Idempotency-Key": key})
+    assert response.status_code == 400 and "Idempotency-Key" in response.json()
+    assert Order.objects.count() == 0 and IdempotencyKey.objects.count() == 0
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -1,11 +1,12 @@
-"""Run the outbox relay in the foreground."""
+"""Run the outbox relay in the foreground, publish what is pending once, or unblock rows."""
 
 import signal
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from eventbus.relay import Relay, sweep
+from eventbus.outbox_claims import outbox_unblock
+from eventbus.relay import Relay, relay_name, sweep
 
 
 class Command(BaseCommand):
@@ -15,12 +16,28 @@ class Command(BaseCommand):
         parser.add_argument("--batch", type=int, default=settings.EVENTBUS_RELAY_BATCH)
         parser.add_argument("--poll", type=float, default=settings.EVENTBUS_RELAY_POLL_SECONDS)
         parser.add_argument("--once", action="store_true", help="publish what is pending and exit")
+        parser.add_argument(
+            "--name",
+            default=None,
+            help="this relay's name, unique among live relays, recorded on the rows it publishes "
+            "(default: host-pid); a relay restarted under its old name frees what the old one held",
+        )
+        parser.add_argument(
+            "--unblock", type=int, nargs="+", metavar="ID", help="put blocked outbox rows back in line and exit"
+        )
 
-    def handle(self, *args: object, batch: int, poll: float, once: bool, **options: object) -> None:
-        if once:
-            self.stdout.write(f"published {sweep(limit=batch)} event(s)")
+    def handle(
+        self, *args: object, batch: int, poll: float, once: bool, name: str | None, unblock: list[int] | None,
+        **options: object,
+    ) -> None:  # fmt: skip
+        name = name or relay_name()
+        if unblock:
+            self.stdout.write(f"unblocked {outbox_unblock(ids=unblock)} of {len(unblock)} row(s)")
             return
-        relay = Relay(batch_size=batch, poll_seconds=poll)
+        if once:
+            self.stdout.write(f"published {sweep(limit=batch, name=name)} event(s)")
+            return
+        relay = Relay(name=name, batch_size=batch, poll_seconds=poll)
         signal.signal(signal.SIGTERM, relay.stop)
         signal.signal(signal.SIGINT, relay.stop)
         relay.run()

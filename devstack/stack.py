@@ -1,0 +1,252 @@
+"""One local stack: its servers (Redis, RabbitMQ nodes, PostgreSQL), its database and its processes.
+
+`make run`, `make test`, `make bench` and `make chaos` all start what they need through `Stack`, so
+there is one way to start a server or a process, wait for it, log it, restart it and stop it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kombu import Connection
+
+from devstack import brokers, pipeline
+from devstack.brokers import ManagedProcess, StackError, say
+from devstack.config import ROOT, StackConfig
+from devstack.postgres import PostgresCluster
+from devstack.processes import ProcessGroup
+
+
+class Stack:
+    """Servers and processes of one stack, everything under `config.run_dir`, stopped by `stop()`.
+
+    `fresh` wipes the run directory first (the benchmark and chaos runs); without it the data of an
+    earlier run is kept (`make run`)."""
+
+    def __init__(
+        self,
+        config: StackConfig,
+        *,
+        settings: str = "orderproj.settings.local",
+        fresh: bool = False,
+        echo: bool = False,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.fresh = fresh
+        self.overrides = overrides or {}
+        self.servers: dict[str, ManagedProcess] = {}
+        self.postgres: PostgresCluster | None = None
+        self.processes = ProcessGroup(self.env, ROOT, config.log_dir, echo=echo)
+        self._lock_file: int | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment of every child process (and of the harness itself, set before Django loads)."""
+        return {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": self.settings,
+            **self.config.connection_env(),
+            "PYTHONUNBUFFERED": "1",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            **self.overrides,
+        }
+
+    # --- the run directory
+
+    def claim_run_dir(self) -> None:
+        """Take the run directory for this stack: one stack per directory, a second one is told who holds it."""
+        run_dir = self.config.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Private: the database file holds sessions and sealed tokens. PostgreSQL runs as its own user
+        # and must be able to pass through to its data directory (which it owns).
+        run_dir.chmod(0o711 if self.config.db == "postgres" else 0o700)
+        path = run_dir / "stack.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 500).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StackError(
+                f"{run_dir} is in use by {holder}; stop it first or set RUN_DIR to another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}\n".encode())
+        self._lock_file = fd
+        if self.fresh:
+            for entry in run_dir.iterdir():
+                if entry != path:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+    # --- servers
+
+    def start_servers(self) -> None:
+        """Install what is missing, then start Redis, every RabbitMQ node (clustered) and PostgreSQL."""
+        config = self.config
+        brokers.ensure_system_packages()
+        brokers.check_ports_free(config, config.server_ports())
+        self.claim_run_dir()
+        say(f"starting Redis on {config.host}:{config.redis_port}")
+        self.servers["redis"] = brokers.start_redis(config)
+        ports = ", ".join(str(node.amqp_port) for node in config.nodes)
+        say(f"starting RabbitMQ ({config.rabbitmq_nodes} node(s): AMQP {ports}; data in {config.run_dir})")
+        for server in brokers.start_rabbitmq(config):
+            self.servers[server.name] = server
+        if config.db == "postgres":
+            say(f"starting PostgreSQL 15 on {config.host}:{config.postgres_port}")
+            self.postgres = PostgresCluster(config)
+            self.postgres.start()
+
+    def rabbit_server(self, index: int) -> ManagedProcess:
+        return self.servers[f"rabbitmq-{index + 1}"]
+
+    def start_rabbit_node(self, index: int) -> None:
+        """Start one node again (after it died or was killed) and wait until it runs."""
+        node, server = self.config.nodes[index], self.rabbit_server(index)
+        server.respawn()
+        brokers.wait_rabbitmq_node(self.config, node, server)
+
+    def start_redis_again(self) -> None:
+        self.servers["redis"].respawn()
+        brokers.wait_redis(self.config, self.servers["redis"])
+
+    def revive_servers(self) -> list[str]:
+        """Start again every server that died; return what was restarted. Raises when one cannot come back."""
+        revived = []
+        for name, server in self.servers.items():
+            if server.alive():
+                continue
+            say(f"{name} died (exit {server.proc.returncode}); starting it again. Its log: {server.log_path}")
+            if name == "redis":
+                self.start_redis_again()
+            else:
+                self.start_rabbit_node(int(name.rsplit("-", 1)[1]) - 1)
+            revived.append(name)
+        return revived
+
+    # --- database
+
+    def manage(self, *args: str) -> None:
+        subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True)
+
+    def migrate(self) -> None:
+        self.manage("migrate", "--noinput", "-v", "0")
+        database = self.config.run_dir / "db.sqlite3"
+        for path in (database, database.with_name("db.sqlite3-wal"), database.with_name("db.sqlite3-shm")):
+            if path.exists():
+                path.chmod(0o600)  # the sessions table opens the admin to whoever can read it
+
+    # --- pipeline processes
+
+    def start_worker(self, service: str, *, name: str | None = None, concurrency: int = 2, **options) -> str:
+        """Start the worker of `service` as `name` (default: the service); return the name."""
+        name = name or service
+        self.processes.start(name, pipeline.worker_argv(pipeline.service(service), name=name,
+                                                        concurrency=concurrency, **options))  # fmt: skip
+        return name
+
+    def start_relay(self, name: str = "relay", *, poll: float | None = None) -> str:
+        self.processes.start(name, pipeline.relay_argv(name, poll=poll))
+        return name
+
+    def start_web(self, port: int | None = None) -> None:
+        self.processes.start("web", pipeline.web_argv(self.config.host, port or self.config.web_port))
+
+    def start_beat(self) -> None:
+        self.processes.start("beat", pipeline.beat_argv())
+
+    def start_flower(self, port: int | None = None) -> None:
+        argv = pipeline.flower_argv(self.config.host, port or self.config.flower_port, self.config.management_url)
+        self.processes.start("flower", argv)
+
+    # --- readiness
+
+    def wait_consuming(self, expected: dict[str, int], *, timeout: float = 120, broker_url: str | None = None) -> float:
+        """Block until each queue has at least its expected number of consumers; fail with the log of a
+        process that ended meanwhile. Returns the seconds it took."""
+        return wait_consuming(broker_url or self.config.broker_url, expected, self.processes, timeout=timeout)
+
+    def wait_for_port(self, name: str, port: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not brokers.port_is_open(self.config.host, port):
+            self.processes.check_alive([name])
+            if time.monotonic() > deadline:
+                raise StackError(f"{name} did not listen on port {port} within {timeout:.0f}s")
+            time.sleep(0.2)
+
+    # --- the end
+
+    def stop(self) -> None:
+        """Stop every process, then the servers; safe to call more than once."""
+        self.processes.stop(timeout=20)
+        if self.postgres is not None:
+            try:
+                self.postgres.stop()
+            except StackError as error:
+                print(f"stack: {error}", file=sys.stderr)
+            self.postgres = None
+        rabbits = [server for name, server in self.servers.items() if name.startswith("rabbitmq")]
+        if rabbits:
+            brokers.stop_rabbitmq(self.config, rabbits)
+        if "redis" in self.servers:
+            self.servers["redis"].stop()
+        self.servers.clear()
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+
+def queue_consumers(connection: Connection, queues: list[str]) -> dict[str, int | None]:
+    """Consumers per queue, straight from the broker (a passive declare: no statistics delay); None when
+    the queue does not exist (yet)."""
+    found: dict[str, int | None] = {}
+    for queue in queues:
+        try:
+            _, _, consumers = connection.default_channel.queue_declare(queue=queue, passive=True)
+            found[queue] = consumers
+        except connection.channel_errors:
+            found[queue] = None  # not declared yet; the failed declare closed the channel
+            connection.close()
+    return found
+
+
+def wait_consuming(
+    broker_url: str, expected: dict[str, int], processes: ProcessGroup | None, *, timeout: float
+) -> float:
+    """The one readiness check for workers: each queue in `expected` has that many consumers. With
+    `processes`, a process that ends meanwhile fails the wait at once, with its log."""
+    started = time.monotonic()
+    waiting = dict(expected)
+    with Connection(broker_url) as connection:
+        while waiting:
+            if processes is not None:
+                processes.check_alive()
+            try:
+                found = queue_consumers(connection, sorted(waiting))
+                waiting = {q: n for q, n in waiting.items() if (found[q] or 0) < n}
+            except connection.connection_errors:
+                connection.close()  # the broker (or this node) is coming back; ask again
+            if not waiting:
+                break
+            if time.monotonic() - started > timeout:
+                logs = "".join(f"\n--- {n}\n{processes.log_tail(n, 15)}" for n in processes.procs) if processes else ""
+                raise StackError(f"no consumers on {', '.join(sorted(waiting))} after {timeout:.0f}s{logs}")
+            time.sleep(0.3)
+    return time.monotonic() - started
+
+
+def expected_consumers(services: list[str], per_service: int = 1) -> dict[str, int]:
+    """Every queue the workers of `services` consume, with `per_service` consumers each (housekeeping: all)."""
+    expected: dict[str, int] = {}
+    for name in services:
+        for queue in pipeline.service(name).consumed:
+            expected[queue] = expected.get(queue, 0) + per_service
+    return expected
