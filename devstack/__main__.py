@@ -67,7 +67,7 @@ def run(config: StackConfig) -> int:
         say("stopping everything")
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        _ignore_signals()
         stack.stop()
 
 
@@ -104,6 +104,12 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGINT, interrupt)
 
 
+def _ignore_signals() -> None:
+    """A second Ctrl-C or SIGTERM must not cut the clean-up short and leave servers behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _print_urls(config: StackConfig, flower_user: str) -> None:
     base = f"http://{config.host}"
     password_file = config.run_dir / "admin-password"
@@ -131,7 +137,7 @@ def test(config: StackConfig, pytest_args: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _ignore_signals()
         stack.stop()
 
 
@@ -148,7 +154,7 @@ def services(config: StackConfig) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _ignore_signals()
         stack.stop()
 
 
