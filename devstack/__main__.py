@@ -14,7 +14,7 @@ from contextlib import suppress
 from devstack.brokers import StackError, say
 from devstack.config import DATABASES, ROOT, StackConfig
 from devstack.processes import ProcessExited
-from devstack.stack import Stack
+from devstack.stack import Stack, expected_consumers
 
 # `make run` only: a URL the user exported points the processes at their own server instead.
 USER_CHOICES = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "RABBITMQ_MANAGEMENT_URL")
@@ -41,10 +41,11 @@ def run(config: StackConfig) -> int:
     """`make run`: everything in the foreground until Ctrl-C."""
     from devstack import brokers, pipeline
 
-    brokers.check_ports_free(config, {"WEB_PORT": config.web_port, "FLOWER_PORT": config.flower_port})
     stack = Stack(config, echo=True, overrides={k: os.environ[k] for k in USER_CHOICES if k in os.environ})
     _stop_on_signals()
     try:
+        stack.claim_run_dir()  # first: a second `make run` here is told who runs, not which port is busy
+        brokers.check_ports_free(config, {"WEB_PORT": config.web_port, "FLOWER_PORT": config.flower_port})
         stack.start_servers()
         password = admin_password(config)
         flower_auth = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{password}"
@@ -61,6 +62,10 @@ def run(config: StackConfig) -> int:
         stack.start_relay()
         stack.start_beat()
         stack.start_flower()
+        # "Running" means ready: the web and Flower listen and every worker consumes its queues.
+        stack.wait_for_port("web", config.web_port)
+        stack.wait_for_port("flower", config.flower_port)
+        stack.wait_consuming(expected_consumers([service.name for service in pipeline.services()]))
         _print_urls(config, flower_auth.split(":", 1)[0])
         return _supervise(stack)
     except KeyboardInterrupt:

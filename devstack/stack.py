@@ -91,9 +91,10 @@ class Stack:
     def start_servers(self) -> None:
         """Install what is missing, then start Redis, every RabbitMQ node (clustered) and PostgreSQL."""
         config = self.config
+        if self._lock_file is None:
+            self.claim_run_dir()
         brokers.ensure_system_packages()
         brokers.check_ports_free(config, config.server_ports())
-        self.claim_run_dir()
         say(f"starting Redis on {config.host}:{config.redis_port}")
         self.servers["redis"] = brokers.start_redis(config)
         ports = ", ".join(str(node.amqp_port) for node in config.nodes)

@@ -25,4 +25,5 @@ class Command(BaseCommand):
             self.stdout.write(f"admin user {username!r} exists (password in {password_file})")
             return
         user_model.objects.create_superuser(username=username, email="", password=password)
-        self.stdout.write(f"created admin user {username!r} with password {password}")
+        # The password stays in its file: output ends up in logs.
+        self.stdout.write(f"created admin user {username!r} (password in {password_file})")
