@@ -3,9 +3,10 @@
 It starts, through devstack, private servers (RabbitMQ: one node or a cluster; Redis; PostgreSQL with
 --db postgres) on ports of their own with data under --run-dir, a fresh database, two workers per service
 and the relays; places a seeded stream of orders through `order_place` while killing pool processes,
-workers and relays, restarting RabbitMQ, and publishing duplicates and poison; waits for quiet and checks
-that no order was lost and no effect happened twice. Exit status: 0 when every check holds, 1 on a
-violation, 2 when the stack failed.
+workers and relays, restarting RabbitMQ, killing a RabbitMQ node, Redis and PostgreSQL, making the database
+refuse writes, and publishing duplicates and poison; waits for quiet and checks that no order was lost and
+no effect happened twice. The verdict is printed and written to <run-dir>/verdict.json. Exit status: 0 when
+every check holds, 1 on a violation, 2 when the stack failed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from chaos.kinds import KINDS, kinds_for
 from chaos.stack import ChaosStack
 from devstack.brokers import StackError, say
 from devstack.config import DATABASES, ROOT, StackConfig
@@ -41,12 +43,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--db", choices=DATABASES, default="sqlite", help="database, under --run-dir (default sqlite)")
     parser.add_argument("--rabbitmq-nodes", type=int, default=1, help="RabbitMQ cluster size (default 1)")
     parser.add_argument("--relays", type=int, default=1, help="outbox relays side by side (default 1)")
+    parser.add_argument(
+        "--faults",
+        type=lambda text: text.split(","),
+        default=None,
+        help=f"comma-separated kinds to inject (default: every kind the database allows): {', '.join(KINDS)}",
+    )
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run" / "chaos", help="data and logs (wiped first)")
     parser.add_argument("--amqp-port", type=int, default=5700)
     parser.add_argument("--management-port", type=int, default=15700)
     parser.add_argument("--redis-port", type=int, default=6400)
     parser.add_argument("--postgres-port", type=int, default=5870)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if unknown := sorted(set(args.faults or ()) - set(KINDS)):
+        parser.error(f"unknown fault kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+    if args.relays < 1:
+        parser.error("--relays: at least one relay")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             quiet_timeout=args.quiet_timeout or (200.0 if args.quick else 240.0),
             outage=(2.0, 4.0) if args.quick else (4.0, 10.0),
             duplicates=20 if args.quick else 50,
+            read_only=3.0 if args.quick else 10.0,
+            kinds=kinds_for(args.db, args.faults),
         )
         say(f"chaos: seed {seed} (repeat with --seed {seed})")
         return run(stack, options)
@@ -96,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\033[1;31mchaos: error:\033[0m {error}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short and leave servers behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("chaos: stopping the processes and the servers")
         stack.stop()
 

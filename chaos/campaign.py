@@ -6,16 +6,20 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import requests
+from django.db import DatabaseError
 
-from chaos.checks import Progress, check, undrained
+from chaos.checks import Progress, check, reconnect, undrained
 from chaos.faults import Injector, schedule
-from chaos.report import summary
+from chaos.report import summary, write_verdict
 from chaos.stack import ChaosStack
 from chaos.workload import catalogue_ready, place, plan, products_create
 from devstack.brokers import say
 from orders.models import Order
+
+REFUSED_BACKOFF = 1.0  # seconds before the next order once the database refused one
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ class Options:
     quiet_timeout: float
     outage: tuple[float, float]
     duplicates: int
+    read_only: float
+    kinds: list[str]
 
 
 @dataclass
@@ -46,6 +52,10 @@ class Clock:
             return
         self._last = self.now()
         p = Progress.read(placed)
+        if p is None:
+            print(f"chaos: +{self.now():6.1f}s {stage}: placed {placed}/{total}, database away, faults {faults}",
+                  flush=True)  # fmt: skip
+            return
         print(f"chaos: +{self.now():6.1f}s {stage}: placed {placed}/{total}, final {p.final} (confirmed "
               f"{p.confirmed}), pending {p.pending}, settling {p.unsettled}, unsent {p.unsent}, faults {faults}",
               flush=True)  # fmt: skip
@@ -80,14 +90,16 @@ def run(stack: ChaosStack, options: Options) -> int:
     stock = products_create(orders=options.orders)
     _wait(lambda: catalogue_ready(list(stock)), 120, "the orders catalogue to learn the products")
     planned = plan(orders=options.orders, rng=seeded(options.seed, "orders"))
-    moments = schedule(orders=options.orders, rounds=options.rounds, rng=seeded(options.seed, "faults"))
+    moments = schedule(orders=options.orders, rounds=options.rounds, rng=seeded(options.seed, "faults"),
+                       kinds=options.kinds)  # fmt: skip
     clock = Clock()
     setup = time.monotonic() - started
     say(f"chaos: stack up in {setup:.1f}s; streaming {options.orders} orders, {sum(map(len, moments.values()))} faults")
-    injector = Injector(stack, seeded(options.seed, "injector"), clock.zero, options.outage, options.duplicates)
+    injector = Injector(stack, seeded(options.seed, "injector"), clock.zero, options.outage, options.duplicates,
+                        options.read_only)  # fmt: skip
     supervision = Supervision(stack, clock)
     injector.start()
-    accepted, refused = [], 0
+    accepted, refused = [], []
 
     def tick(stage: str) -> None:
         clock.tick(stage, len(accepted), options.orders, len(injector.faults))
@@ -96,7 +108,10 @@ def run(stack: ChaosStack, options: Options) -> int:
         _pace(clock, index, options, supervision, lambda: tick("placing"))
         order_id = place(order)
         if order_id is None:
-            refused += 1
+            refused.append(datetime.now(UTC))
+            reconnect()
+            # A client backs off: the rest of the stream must not be refused in the seconds the database is away.
+            time.sleep(REFUSED_BACKOFF)
         else:
             accepted.append(order_id)
         for kind in moments.get(index, []):
@@ -112,10 +127,13 @@ def run(stack: ChaosStack, options: Options) -> int:
         poison=injector.poison,
         markers=injector.markers,
         queues=stack.queues(),
+        relays_restarted=sum(stack.restarts.get(name, 0) for name in stack.relay_names()),
     )
     timings = {"stack": setup, "placing": placing, "quiet": quiet, "total": time.monotonic() - started}
     summary(verdict, seed=options.seed, orders=options.orders, faults=injector.faults, crashes=supervision.crashes,
             stack=stack, timings=timings)  # fmt: skip
+    write_verdict(stack.config.run_dir / "verdict.json", verdict, seed=options.seed, orders=options.orders,
+                  faults=injector.faults, crashes=supervision.crashes)  # fmt: skip
     return 0 if verdict.violations == 0 else 1
 
 
@@ -133,9 +151,18 @@ def _pace(clock: Clock, index: int, options: Options, supervision: Supervision, 
         if ahead > 0:
             time.sleep(min(ahead, 1.0))
             continue
-        if index % 20 or Order.objects.filter(status=Order.Status.PENDING).count() < options.max_pending:
+        if index % 20 or _pending() < options.max_pending:
             return
         time.sleep(0.5)
+
+
+def _pending() -> int:
+    """Undecided orders; none while the database is away (placing then finds it refusing, and counts that)."""
+    try:
+        return Order.objects.filter(status=Order.Status.PENDING).count()
+    except DatabaseError:
+        reconnect()
+        return 0
 
 
 def _wait_for_quiet(
@@ -147,11 +174,11 @@ def _wait_for_quiet(
     while True:
         supervision.watch()
         tick()
-        progress = Progress.read(accepted)
-        state = (progress.final, -progress.unsettled, -progress.unsent)
-        if state != best:
+        progress = Progress.read(accepted)  # None while the database is away: no progress then
+        state = progress and (progress.final, -progress.unsettled, -progress.unsent)
+        if state is not None and state != best:
             best, progressed = state, time.monotonic()
-        if progress.quiet and _drained(stack):
+        if progress is not None and progress.quiet and _drained(stack):
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since > 6:  # the management API refreshes its counts every 5 s
                 return supervision.clock.now()

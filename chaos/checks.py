@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
+from django.db import DatabaseError, connection
 from django.db.models import Count
 from django_celery_results.models import TaskResult
 
 from chaos.faults import POISON_QUEUES, Fault, Poison
+from chaos.kinds import DATABASE_FAULTS
 from chaos.stack import ARCHIVE_QUEUES
 from eventbus.models import DeadLetter, OutboxMessage
+from eventbus.outbox_claims import outbox_shares
 from inventory.models import Product, Reservation
 from orders.models import Order, OrderLine
 from payments.models import Payment
@@ -27,6 +32,15 @@ AT_MOST_ONCE = (
     "payments.PaymentDeclined.v1",
     "payments.PaymentVoided.v1",
 )
+# Longest a refused `order_place` may have run before its error: the SQLite busy timeout, and some.
+REFUSAL_WINDOW = timedelta(seconds=60)
+
+
+def reconnect() -> None:
+    """Drop this thread's database connection after an error, so the next query opens a fresh one: a
+    connection opened while the database refused writes (SQLite then opens read only) would stay so."""
+    with suppress(DatabaseError):
+        connection.close()
 
 
 @dataclass
@@ -40,17 +54,23 @@ class Progress:
     unsent: int
 
     @classmethod
-    def read(cls, accepted: int) -> Progress:
-        statuses = Counter(dict(Order.objects.order_by().values_list("status").annotate(n=Count("id"))))
-        settling = Payment.objects.filter(status=Payment.Status.AUTHORIZED).count()
-        held = Reservation.objects.filter(status=Reservation.Status.HELD).count()
-        missing = max(0, accepted - Payment.objects.count())
+    def read(cls, accepted: int) -> Progress | None:
+        """The counts now; None while the database is away (a fault), the run going on meanwhile."""
+        try:
+            statuses = Counter(dict(Order.objects.order_by().values_list("status").annotate(n=Count("id"))))
+            settling = Payment.objects.filter(status=Payment.Status.AUTHORIZED).count()
+            held = Reservation.objects.filter(status=Reservation.Status.HELD).count()
+            missing = max(0, accepted - Payment.objects.count())
+            unsent = OutboxMessage.objects.filter(sent_at__isnull=True).count()
+        except DatabaseError:
+            reconnect()
+            return None
         return cls(
             final=statuses[CONFIRMED] + statuses[CANCELLED],
             confirmed=statuses[CONFIRMED],
             pending=statuses[Order.Status.PENDING],
             unsettled=settling + held + missing,
-            unsent=OutboxMessage.objects.filter(sent_at__isnull=True).count(),
+            unsent=unsent,
         )
 
     @property
@@ -64,6 +84,7 @@ class Verdict:
     refused: int = 0
     statuses: Counter = field(default_factory=Counter)
     cancel_reasons: Counter = field(default_factory=Counter)
+    uncertain: int = 0
     lost: set = field(default_factory=set)
     duplicated: set = field(default_factory=set)
     wrong: set = field(default_factory=set)
@@ -72,10 +93,17 @@ class Verdict:
     dead_letters: Counter = field(default_factory=Counter)
     poison_expected: int = 0
     poison_missing: list[str] = field(default_factory=list)
+    poison_via_broker: int = 0
+    filed_twice: int = 0
     unexpected_dead_letters: int = 0
     markers_found: list[str] = field(default_factory=list)
     phantoms: int = 0
     unsent: int = 0
+    blocked: int = 0
+    shares: dict[str, int] = field(default_factory=dict)
+    published_twice: int = 0
+    republished_unexplained: int = 0
+    relays_restarted: int = 0
     queues_checked: int = 0
     queues_not_drained: list[str] = field(default_factory=list)
     archived: int = 0
@@ -88,25 +116,37 @@ class Verdict:
             self.examples.append(message)
 
     @property
+    def republished(self) -> int:
+        """Rows published again with no failure recorded, where no relay was killed to explain it: two
+        relays held one row, or a lease ran out under a live relay."""
+        return self.republished_unexplained if self.relays_restarted == 0 else 0
+
+    @property
     def violations(self) -> int:
         return (len(self.lost) + len(self.duplicated) + len(self.wrong) + len(self.poison_missing)
                 + self.unexpected_dead_letters + len(self.markers_found) + self.phantoms + self.unsent
-                + len(self.queues_not_drained) + self.failed_faults)  # fmt: skip
+                + len(self.queues_not_drained) + self.failed_faults + self.republished)  # fmt: skip
 
 
 def check(
     *,
     accepted: list[UUID],
-    refused: int,
+    refused: list[datetime],
     stock: dict[str, int],
     faults: list[Fault],
     poison: list[Poison],
     markers: list[Path],
     queues: list[dict],
+    relays_restarted: int,
 ) -> Verdict:
-    verdict = Verdict(accepted=len(accepted), refused=refused, failed_faults=sum(f.failed for f in faults))
+    """Read the quiet database and the queues and judge them; `refused` holds when each refused order
+    failed, `relays_restarted` how many times a relay was killed or crashed and then restarted."""
+    verdict = Verdict(accepted=len(accepted), refused=len(refused), failed_faults=sum(f.failed for f in faults))
     orders = {order.id: order for order in Order.objects.all()}
-    verdict.phantoms = len(orders.keys() - set(accepted))
+    unknown = [orders[order_id] for order_id in orders.keys() - set(accepted)]
+    uncertain = _committed_though_refused(unknown, refused)
+    verdict.uncertain, verdict.phantoms = len(uncertain), len(unknown) - len(uncertain)
+    accepted = [*accepted, *uncertain]
     events: dict[str, Counter] = defaultdict(Counter)
     for correlation, event_type, n in (
         OutboxMessage.objects.values_list("correlation_id", "event_type").annotate(n=Count("id")).order_by()
@@ -133,13 +173,42 @@ def check(
     _check_stock(verdict, stock, orders)
     # The result of a (handler, event) task keeps its latest run: "duplicate" when the inbox absorbed it.
     verdict.absorbed = TaskResult.objects.filter(result__contains='"outcome": "duplicate"').count()
-    _check_dead_letters(verdict, poison)
+    _check_dead_letters(verdict, poison, faults)
     verdict.markers_found = [str(marker) for marker in markers if marker.exists()]
     verdict.unsent = OutboxMessage.objects.filter(sent_at__isnull=True).count()
+    verdict.blocked = OutboxMessage.objects.filter(sent_at__isnull=True, blocked_at__isnull=False).count()
+    _check_publishing(verdict, relays_restarted)
     verdict.queues_not_drained = undrained(queues)
     verdict.queues_checked = sum(q["name"] not in ARCHIVE_QUEUES for q in queues)
     verdict.archived = sum(q.get("messages", 0) for q in queues if q["name"] in ARCHIVE_QUEUES)
     return verdict
+
+
+def _committed_though_refused(unknown: list[Order], refused: list[datetime]) -> list[UUID]:
+    """Orders the placing loop did not see accepted, each matched to a refusal that came after it was
+    created: the database committed it, then the answer was lost (it went down in between)."""
+    left = sorted(refused)
+    matched = []
+    for order in sorted(unknown, key=lambda o: o.created_at):
+        refusal = next((t for t in left if order.created_at <= t <= order.created_at + REFUSAL_WINDOW), None)
+        if refusal is not None:
+            left.remove(refusal)
+            matched.append(order.id)
+    return matched
+
+
+def _check_publishing(verdict: Verdict, relays_restarted: int) -> None:
+    """Each relay's share of the sent rows, and the rows it took more than one try to publish."""
+    sent = OutboxMessage.objects.filter(sent_at__isnull=False)
+    verdict.shares = outbox_shares()
+    retried = sent.filter(publish_attempts__gt=1)
+    verdict.published_twice = retried.count()
+    # A failed try records its error: publishing again after it is at-least-once delivery at work.
+    verdict.republished_unexplained = retried.filter(last_error="").count()
+    verdict.relays_restarted = relays_restarted
+    if verdict.republished and len(verdict.examples) < 12:
+        ids = list(retried.filter(last_error="").values_list("id", "publish_attempts", "sent_by")[:5])
+        verdict.examples.append(f"{verdict.republished} outbox row(s) published again with no relay killed: {ids}")
 
 
 def _check_order(verdict: Verdict, order: Order, events: Counter, payment: Payment | None, reservation) -> None:
@@ -193,16 +262,24 @@ def _check_stock(verdict: Verdict, stock: dict[str, int], orders: dict) -> None:
             verdict.flag(verdict.wrong, product.sku, f"{product.sku}: {product.stock_reserved} still reserved at quiet")
 
 
-def _check_dead_letters(verdict: Verdict, poison: list[Poison]) -> None:
+def _check_dead_letters(verdict: Verdict, poison: list[Poison], faults: list[Fault]) -> None:
+    """Each poison message filed once per queue that took it: as poison, or through the broker's
+    dead-letter queue when the database refused the consumer's write after it was published."""
     letters = list(DeadLetter.objects.values_list("reason", "queue", "body"))
     verdict.dead_letters = Counter(reason for reason, _, _ in letters)
     verdict.poison_expected = len(poison) * len(POISON_QUEUES)
+    refusals_ended = [fault.ended for fault in faults if fault.kind in DATABASE_FAULTS]
     matched = set()
     for item in poison:
         for queue in POISON_QUEUES:
             hits = [i for i, (reason, q, body) in enumerate(letters) if q == queue and item.token in body]
-            if not any(letters[i][0] == DeadLetter.Reason.POISON for i in hits):
-                verdict.poison_missing.append(f"{item.what} ({item.token}) not filed as poison from {queue}")
+            reasons = {letters[i][0] for i in hits}
+            if DeadLetter.Reason.POISON not in reasons:
+                if DeadLetter.Reason.BROKER in reasons and any(end >= item.published for end in refusals_ended):
+                    verdict.poison_via_broker += 1
+                else:
+                    verdict.poison_missing.append(f"{item.what} ({item.token}) not filed as poison from {queue}")
+            verdict.filed_twice += max(0, len(hits) - 1)
             matched.update(hits)
     verdict.unexpected_dead_letters = len(letters) - len(matched)
     for reason, queue, body in (letter for i, letter in enumerate(letters) if i not in matched):

@@ -1,7 +1,9 @@
-"""The faults: killed processes, a broker outage, duplicate deliveries and poison, each at a seeded moment.
+"""The faults: killed processes, broker, Redis and database outages, duplicate deliveries and poison, each at
+a seeded moment.
 
 A fault fires when the order stream reaches a seeded position; one thread injects them in turn, so
-the stream keeps flowing (and orders keep being accepted) while the broker is down.
+the stream keeps flowing (and orders keep being accepted, or refused while the database is away) during
+an outage.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pickle
 import queue
 import random
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -25,15 +28,16 @@ from pathlib import Path
 from django.db import close_old_connections
 from kombu import Connection
 
-from chaos.stack import ChaosStack
+from chaos.kinds import KINDS
+from chaos.stack import ARCHIVE_QUEUES, ChaosStack
 from devstack.processes import child_pids
 from devstack.stack import wait_consuming
 from eventbus.envelope import CONTENT_TYPE
 from eventbus.models import OutboxMessage
 
 logger = logging.getLogger(__name__)
-KINDS = ("kill-pool-child", "kill-worker", "kill-relay", "broker-restart", "duplicates", "poison")
 PICKLE = "application/x-python-serialize"
+CHATTR = "/usr/bin/chattr"  # e2fsprogs, on every Debian system
 # The queues bound to `orders.events` with `order.placed`: each takes its own copy of every poison message.
 POISON_QUEUES = ("inventory.events", "payments.events")
 
@@ -64,14 +68,18 @@ class Poison:
     what: str
     body: bytes
     content_type: str
+    published: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-def schedule(*, orders: int, rounds: int, rng: random.Random) -> dict[int, list[str]]:
-    """Each kind `rounds` times, at seeded positions between 5% and 85% of the stream."""
+def schedule(*, orders: int, rounds: int, rng: random.Random, kinds: list[str]) -> dict[int, list[str]]:
+    """Each of `kinds` `rounds` times, at seeded positions between 5% and 85% of the stream."""
     moments: dict[int, list[str]] = {}
     for kind in KINDS:
-        for _ in range(rounds):
-            moments.setdefault(rng.randint(max(1, orders // 20), max(2, orders * 85 // 100)), []).append(kind)
+        # Every kind draws its positions, injected or not, so that choosing kinds moves no other fault.
+        positions = [rng.randint(max(1, orders // 20), max(2, orders * 85 // 100)) for _ in range(rounds)]
+        if kind in kinds:
+            for position in positions:
+                moments.setdefault(position, []).append(kind)
     return moments
 
 
@@ -84,6 +92,7 @@ class Injector:
     clock_zero: float
     outage: tuple[float, float] = (4.0, 8.0)
     duplicates: int = 50
+    read_only: float = 10.0
     faults: list[Fault] = field(default_factory=list)
     poison: list[Poison] = field(default_factory=list)
     _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
@@ -109,6 +118,8 @@ class Injector:
 
     def _run(self) -> None:
         while (kind := self._queue.get()) is not None:
+            # A database restart breaks this thread's connection too: check it before each fault.
+            close_old_connections()
             started, offset = datetime.now(UTC), time.monotonic() - self.clock_zero
             try:
                 detail, failed = getattr(self, "_" + kind.replace("-", "_"))(), False
@@ -164,6 +175,80 @@ class Injector:
         back = self._wait_consuming(self.stack.expected_consumers(), timeout=180)
         return f"rabbitmqctl stop_app; start_app after {outage:.1f}s; every worker answering again {back:.1f}s later"
 
+    def _kill_rabbit_node(self) -> str:
+        index, busiest = self._busiest_leader()
+        node, server = self.stack.config.nodes[index], self.stack.rabbit_server(index)
+        down_for = self.rng.uniform(*self.outage)
+        with suppress(ProcessLookupError):
+            os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(30)
+        down_at = time.monotonic()
+        time.sleep(down_for)
+        # A killed node leaves its pid file behind, and `rabbitmqctl wait` would wait on the dead pid.
+        (node.data_dir / "rabbit.pid").unlink(missing_ok=True)
+        self.stack.start_rabbit_node(index)
+        outage = time.monotonic() - down_at
+        back = self._wait_consuming(self.stack.expected_consumers(), timeout=180)
+        which = "the only node" if self.stack.config.rabbitmq_nodes == 1 else f"node {index + 1}"
+        return (f"SIGKILL {which} {node.name} (leader of {busiest}); started again after {outage:.1f}s; every "
+                f"worker consuming again {back:.1f}s later")  # fmt: skip
+
+    def _postgres_restart(self) -> str:
+        postgres = self.stack.postgres
+        if postgres is None:
+            raise RuntimeError("postgres-restart needs --db postgres")
+        down_for = self.rng.uniform(*self.outage)
+        pid = postgres.pid()
+        postgres.stop("immediate")
+        down_at = time.monotonic()
+        time.sleep(down_for)
+        postgres.start_server()
+        return f"pg_ctl stop -m immediate (postmaster {pid}); started again after {time.monotonic() - down_at:.1f}s"
+
+    def _redis_kill(self) -> str:
+        server = self.stack.servers["redis"]
+        pid = server.proc.pid
+        with suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        server.proc.wait(30)
+        down_at = time.monotonic()
+        time.sleep(self.rng.uniform(*self.outage))
+        self.stack.start_redis_again()
+        return f"SIGKILL redis-server {pid}; started again after {time.monotonic() - down_at:.1f}s"
+
+    def _db_read_only(self) -> str:
+        refuse = self._postgres_read_only if self.stack.config.db == "postgres" else self._sqlite_read_only
+        how = refuse(True)
+        try:
+            time.sleep(self.read_only)
+        finally:
+            refuse(False)
+        return f"database refused writes for {self.read_only:.0f}s ({how}); writable again"
+
+    def _postgres_read_only(self, on: bool) -> str:
+        """Make every session's next transaction read only, or writable again (once the configuration
+        reloads); return how."""
+        postgres = self.stack.postgres
+        assert postgres is not None
+        # ALTER SYSTEM refuses to run in a transaction block, so it goes on its own, then the reload.
+        postgres.sql(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}")
+        postgres.sql("SELECT pg_reload_conf()")
+        return "ALTER SYSTEM SET default_transaction_read_only = on"
+
+    def _sqlite_read_only(self, on: bool) -> str:
+        """Make the SQLite file and its WAL read only, or writable again; return how. Root ignores file
+        modes, so as root the files are made immutable instead. Never the -shm file: every connection maps
+        it into memory, and a write to an immutable mapping kills the process with SIGBUS."""
+        database = self.stack.config.run_dir / "db.sqlite3"
+        if os.geteuid() == 0:
+            files = [str(path) for path in (database, database.with_name("db.sqlite3-wal")) if path.exists()]
+            subprocess.run([CHATTR, "+i" if on else "-i", *files], check=True, capture_output=True)  # noqa: S603
+            return "chattr +i on the file and its WAL"
+        for path in (database, database.with_name("db.sqlite3-wal"), database.with_name("db.sqlite3-shm")):
+            if path.exists():
+                path.chmod(0o444 if on else 0o600)
+        return "chmod 0444 on the file, its WAL and shared memory"
+
     def _duplicates(self) -> str:
         ids = list(OutboxMessage.objects.filter(sent_at__isnull=False).values_list("id", flat=True))
         rows = list(OutboxMessage.objects.filter(id__in=self.rng.sample(ids, min(self.duplicates, len(ids)))))
@@ -217,6 +302,17 @@ class Injector:
             Poison(f"{token}-type", "unknown type", json.dumps(unknown_type).encode(), CONTENT_TYPE),
             Poison(f"{token}-pickle", "pickle", pickle.dumps(Unpickled(marker)), PICKLE),
         ]  # fmt: skip
+
+    def _busiest_leader(self) -> tuple[int, str]:
+        """The node leading the queue with the most messages (the archive of unsubscribed events aside),
+        and that queue."""
+        nodes = {node.name: node.index for node in self.stack.config.nodes}
+        led = [q for q in self.stack.queues() if q.get("leader") in nodes and q["name"] not in ARCHIVE_QUEUES]
+        if not led:
+            index = self.rng.randrange(len(nodes))
+            return index, "no quorum queue"
+        busiest = max(led, key=lambda q: q.get("messages") or 0)
+        return nodes[busiest["leader"]], f"{busiest['name']}, {busiest.get('messages') or 0} messages"
 
     def _wait_consuming(self, expected: dict[str, int], timeout: float) -> float:
         """Block until the workers consume again (a crashed process is the supervision's business)."""

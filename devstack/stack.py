@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -65,9 +66,6 @@ class Stack:
         """Take the run directory for this stack: one stack per directory, a second one is told who holds it."""
         run_dir = self.config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        # Private: the database file holds sessions and sealed tokens. PostgreSQL runs as its own user
-        # and must be able to pass through to its data directory (which it owns).
-        run_dir.chmod(0o711 if self.config.db == "postgres" else 0o700)
         path = run_dir / "stack.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -81,6 +79,11 @@ class Stack:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}\n".encode())
         self._lock_file = fd
+        # Private: the database file holds sessions and sealed tokens. PostgreSQL runs as its own user
+        # and must be able to pass through to its data directory (which it owns).
+        run_dir.chmod(0o711 if self.config.db == "postgres" else 0o700)
+        if self.config.db == "postgres" and os.geteuid() == 0:
+            _let_postgres_through(run_dir)
         if self.fresh:
             for entry in run_dir.iterdir():
                 if entry != path:
@@ -112,6 +115,7 @@ class Stack:
     def start_rabbit_node(self, index: int) -> None:
         """Start one node again (after it died or was killed) and wait until it runs."""
         node, server = self.config.nodes[index], self.rabbit_server(index)
+        (node.data_dir / "rabbit.pid").unlink(missing_ok=True)  # a killed node leaves it behind
         server.respawn()
         brokers.wait_rabbitmq_node(self.config, node, server)
 
@@ -203,6 +207,22 @@ class Stack:
         if self._lock_file is not None:
             os.close(self._lock_file)
             self._lock_file = None
+
+
+def _let_postgres_through(run_dir: Path) -> None:
+    """The `postgres` user must search every directory above its data directory: the project's own
+    (.run and below) are opened for searching only; any other is named in an error."""
+    for parent in run_dir.parents:
+        mode = parent.stat().st_mode
+        if mode & stat.S_IXOTH:
+            continue
+        if parent.is_relative_to(ROOT / ".run"):
+            parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+            continue
+        raise StackError(
+            f"PostgreSQL runs as the user postgres, which cannot reach {run_dir}: {parent} is not searchable "
+            f"by others. `chmod o+x {parent}`, or set RUN_DIR (or --run-dir) to a directory it can reach."
+        )
 
 
 def queue_consumers(connection: Connection, queues: list[str]) -> dict[str, int | None]:

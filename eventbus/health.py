@@ -1,4 +1,4 @@
-"""Pipeline health: queue figures from the RabbitMQ management API, outbox lag, dead letters, orders per status.
+"""Pipeline health: queue figures from the RabbitMQ management API, Redis, outbox lag, dead letters, orders per status.
 
 The health page and the Prometheus `/metrics` endpoint both render what `pipeline_health()` returns.
 """
@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+import redis
 import requests
 from celery import current_app
 from django.apps import apps
@@ -17,6 +18,8 @@ from django.conf import settings
 from django.db import connections
 from django.db.models import QuerySet
 from django.utils import timezone
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 from eventbus.subscriptions import subscribers
@@ -24,6 +27,7 @@ from eventbus.topology import UNROUTED_QUEUE, dead_letter_queue
 
 COUNT_CAP = 10_000  # rows a count reads before it settles for an estimate
 MANAGEMENT_TIMEOUT = 2.0  # seconds: the page and a scrape must answer while the broker is away
+REDIS_PING_TIMEOUT = 0.4  # seconds, to connect and again to answer: a hung Redis shows in under a second
 QUEUE_COLUMNS = (
     "name,messages,messages_ready,messages_unacknowledged,consumers,"
     "message_stats.publish_details.rate,message_stats.deliver_get_details.rate,message_stats.ack_details.rate"
@@ -58,10 +62,17 @@ class DeadLetterHealth:
 
 
 @dataclass(frozen=True)
+class RedisHealth:
+    up: bool
+    error: str | None  # why Redis did not answer a PING
+
+
+@dataclass(frozen=True)
 class PipelineHealth:
     checked_at: datetime
     queues: list[QueueHealth]
     error: str | None  # why the queue figures are missing: the management API could not be read
+    redis: RedisHealth
     outbox: OutboxHealth
     dead_letters: DeadLetterHealth
     orders: dict[str, int]
@@ -80,6 +91,7 @@ def pipeline_health() -> PipelineHealth:
         checked_at=now,
         queues=queues,
         error=error,
+        redis=redis_health(),
         outbox=outbox_health(now=now),
         dead_letters=DeadLetterHealth(
             total=bounded_count(DeadLetter.objects.all()),
@@ -117,6 +129,23 @@ def bounded_count(queryset: QuerySet, *, ordered_by: str = "pk") -> int:
         cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
         estimate = int(cursor.fetchone()[0][0]["Plan"]["Plan Rows"])
     return max(estimate, capped)
+
+
+def redis_health() -> RedisHealth:
+    """PING Redis (the availability cache and the relay's wake-ups) once, never waiting long for it."""
+    client = redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_connect_timeout=REDIS_PING_TIMEOUT,
+        socket_timeout=REDIS_PING_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        return RedisHealth(up=False, error=f"Redis: {error}")
+    finally:
+        client.close()
+    return RedisHealth(up=True, error=None)
 
 
 def system_queues() -> list[str]:

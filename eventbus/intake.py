@@ -22,6 +22,7 @@ from kombu.message import Message
 
 from eventbus import deadletters
 from eventbus.envelope import PoisonMessage, parse
+from eventbus.handling import reconnect_database
 from eventbus.models import DeadLetter
 from eventbus.subscriptions import Subscriber, subscriber_for_task_queue
 from eventbus.topology import dead_letter_queue, subscriber_queue
@@ -103,6 +104,7 @@ class EventIntake(bootsteps.ConsumerStep):
             )
         except DatabaseError:
             logger.exception("cannot store the dead letter; the broker's dead-letter queue takes it")
+            reconnect_database()
             message.reject(requeue=False)
             return
         message.ack()
@@ -130,6 +132,7 @@ class EventIntake(bootsteps.ConsumerStep):
             )
         except DatabaseError:
             logger.exception("cannot file a broker dead letter yet")
+            reconnect_database()
             self._requeue_later(message)
             return
         message.ack()

@@ -21,7 +21,7 @@ from eventbus.health import PipelineHealth, pipeline_health
 @require_GET
 @staff_member_required
 def health_page(request: HttpRequest) -> HttpResponse:
-    """Queues, outbox, dead letters, orders and the last event, in the admin's look; `?format=json` for JSON."""
+    """Queues, Redis, outbox, dead letters, orders and the last event, in the admin's look; `?format=json` for JSON."""
     health = pipeline_health()
     if request.GET.get("format") == "json":
         return JsonResponse(dataclasses.asdict(health))
@@ -55,9 +55,9 @@ def _registry(health: PipelineHealth) -> CollectorRegistry:
     def gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(f"orderpipe_{name}", documentation, labels, registry=registry)
 
-    gauge("up", "1 when the component answered this scrape.", ("component",)).labels("rabbitmq_management").set(
-        health.error is None
-    )
+    up = gauge("up", "1 when the component answered this scrape.", ("component",))
+    up.labels("rabbitmq_management").set(health.error is None)
+    up.labels("redis").set(health.redis.up)
     queue_figures = {
         "queue_messages": ("messages", "Messages in the queue (ready and unacknowledged)."),
         "queue_messages_ready": ("messages_ready", "Messages ready for delivery."),

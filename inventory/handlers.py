@@ -1,8 +1,9 @@
 """Inventory's subscriptions: hold stock for new orders, ship it on confirmation, release it on cancel."""
 
 from eventbus.envelope import CloudEvent
+from eventbus.handling import PermanentError
 from eventbus.subscriptions import Subscriber
-from inventory.services import stock_commit, stock_release, stock_reserve
+from inventory.services import CommitRefused, stock_commit, stock_release, stock_reserve
 from orders.events import OrderCancelled, OrderConfirmed, OrderPlaced
 
 inventory = Subscriber("inventory", queue="inventory.events")
@@ -15,7 +16,10 @@ def reserve_stock(data: OrderPlaced, event: CloudEvent) -> None:
 
 @inventory.on(OrderConfirmed)
 def commit_stock(data: OrderConfirmed, event: CloudEvent) -> None:
-    stock_commit(order_id=data.order_id)
+    try:
+        stock_commit(order_id=data.order_id, lines=[(item.product_id, item.quantity) for item in data.items])
+    except CommitRefused as refused:
+        raise PermanentError(str(refused)) from None
 
 
 @inventory.on(OrderCancelled)

@@ -39,13 +39,15 @@ class Product(models.Model):
 
 
 class Reservation(models.Model):
-    """Stock held for one order: all of its lines or none. Held, then committed (shipped) or released."""
+    """Stock held for one order: all of its lines or none. Held, then committed (shipped) or released,
+    or expired: released because no decision came within HOLD_EXPIRY_SECONDS."""
 
     class Status(models.TextChoices):
         HELD = "held"
         COMMITTED = "committed"
         RELEASED = "released"
         REJECTED = "rejected"
+        EXPIRED = "expired"
 
     order_id = models.UUIDField(unique=True)
     status = models.CharField(max_length=16, choices=Status.choices, db_index=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from datetime import timedelta
 from decimal import Decimal
 from uuid import UUID
 
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from eventbus.outbox import publish
@@ -30,6 +33,10 @@ DEMO_PRODUCTS = [
     ("P009", "Travel mug", "22.00", 80),
     ("P010", "Barista apron", "29.00", 5),
 ]
+
+
+class CommitRefused(Exception):
+    """A confirmation inventory cannot honour: it holds no stock for the order, or not for those lines."""
 
 
 class InsufficientStock(Exception):
@@ -89,9 +96,7 @@ def stock_reserve(*, order_id: UUID, lines: list[tuple[str, int]]) -> Reservatio
     existing = Reservation.objects.filter(order_id=order_id).first()
     if existing is not None:
         return existing
-    wanted: dict[str, int] = {}
-    for sku, quantity in lines:
-        wanted[sku] = wanted.get(sku, 0) + quantity
+    wanted = _quantities(lines)
     try:
         with transaction.atomic():
             shortages = [line for sku in sorted(wanted) if (line := _hold(sku, wanted[sku]))]
@@ -123,33 +128,75 @@ def _hold(sku: str, quantity: int) -> RejectedLine | None:
 
 
 @transaction.atomic
-def stock_release(*, order_id: UUID) -> Reservation | None:
+def stock_release(*, order_id: UUID) -> Reservation:
     """Give back what a cancelled order held (once); a rejected or unknown reservation has nothing to give."""
-    reservation, settled = _settle(order_id, Reservation.Status.RELEASED, ship=False)
-    if settled:
-        publish(StockReleased(order_id=order_id, lines=_reserved_lines(_from_json(reservation.lines))))
+    reservation = _locked(order_id)
+    if reservation is None:
+        # The cancellation overtook the order (a retried reservation, a timeout): leave a released
+        # record so that the late reservation finds it and holds nothing.
+        return Reservation.objects.create(
+            order_id=order_id, status=Reservation.Status.RELEASED, lines=[], reason="cancelled before reservation"
+        )
+    if reservation.status == Reservation.Status.HELD:
+        _release(reservation, Reservation.Status.RELEASED)
     return reservation
 
 
 @transaction.atomic
-def stock_commit(*, order_id: UUID) -> Reservation | None:
-    """A confirmed order's held stock leaves the warehouse: on hand and reserved both go down."""
-    reservation, _ = _settle(order_id, Reservation.Status.COMMITTED, ship=True)
+def stock_commit(*, order_id: UUID, lines: list[tuple[str, int]]) -> Reservation:
+    """A confirmed order's held stock leaves the warehouse (once): on hand and reserved both go down.
+
+    Inventory cannot see the order, so it checks what it can on its own: that it holds stock for the
+    order, for exactly the confirmed lines; otherwise it refuses (CommitRefused), also when the hold
+    has expired. Whether the order was paid is not among those: a confirmation of a pending order,
+    were it forged, is stopped by the event bus's check of its publisher, not here."""
+    reservation = _locked(order_id)
+    if reservation is not None and reservation.status == Reservation.Status.COMMITTED:
+        return reservation
+    if reservation is None:
+        raise CommitRefused(f"inventory holds no stock for order {order_id}")
+    if reservation.status != Reservation.Status.HELD:
+        raise CommitRefused(f"the stock of order {order_id} is {reservation.status}, not held")
+    held, confirmed = _from_json(reservation.lines), _quantities(lines)
+    if held != confirmed:
+        raise CommitRefused(
+            f"order {order_id} was confirmed with {_describe(confirmed)}, but inventory holds {_describe(held)} for it"
+        )
+    _settle(reservation, Reservation.Status.COMMITTED, ship=True)
     return reservation
 
 
-def _settle(order_id: UUID, status: str, *, ship: bool) -> tuple[Reservation | None, bool]:
-    """End a held reservation (once): un-reserve its lines, and with `ship` take them off hand too."""
-    reservation = Reservation.objects.select_for_update().filter(order_id=order_id).first()
-    if reservation is None and not ship:
-        # The cancellation overtook the order (a retried reservation, a timeout): leave a released
-        # record so that the late reservation finds it and holds nothing.
-        reservation = Reservation.objects.create(
-            order_id=order_id, status=Reservation.Status.RELEASED, lines=[], reason="cancelled before reservation"
-        )
-        return reservation, False
-    if reservation is None or reservation.status != Reservation.Status.HELD:
-        return reservation, False
+def reservation_expire_stale(*, older_than: timedelta) -> int:
+    """Release every reservation held longer than `older_than`, announcing StockReleased; return how many.
+
+    Its order was never decided: the order does not exist (a forged OrderPlaced), or its decision was
+    lost. A confirmation arriving after this is refused (see stock_commit)."""
+    expired = 0
+    stale = Reservation.objects.filter(status=Reservation.Status.HELD, created_at__lt=timezone.now() - older_than)
+    for order_id in stale.values_list("order_id", flat=True):
+        with transaction.atomic():
+            reservation = _locked(order_id)
+            if reservation is not None and reservation.status == Reservation.Status.HELD:
+                reservation.reason = f"held longer than {older_than} for an order never decided"
+                _release(reservation, Reservation.Status.EXPIRED)
+                expired += 1
+    return expired
+
+
+def _locked(order_id: UUID) -> Reservation | None:
+    return Reservation.objects.select_for_update().filter(order_id=order_id).first()
+
+
+def _release(reservation: Reservation, status: str) -> None:
+    _settle(reservation, status, ship=False)
+    publish(
+        StockReleased(order_id=reservation.order_id, lines=_reserved_lines(_from_json(reservation.lines))),
+        correlation_id=str(reservation.order_id),
+    )
+
+
+def _settle(reservation: Reservation, status: str, *, ship: bool) -> None:
+    """End a held reservation: un-reserve its lines, and with `ship` take them off hand too."""
     for line in sorted(reservation.lines, key=lambda line: line["product_id"]):
         quantity = line["quantity"]
         changes = {"stock_reserved": F("stock_reserved") - quantity}
@@ -157,9 +204,8 @@ def _settle(order_id: UUID, status: str, *, ship: bool) -> tuple[Reservation | N
             changes["stock_on_hand"] = F("stock_on_hand") - quantity
         Product.objects.filter(sku=line["product_id"]).update(**changes)
     reservation.status = status
-    reservation.save(update_fields=["status", "updated_at"])
+    reservation.save(update_fields=["status", "reason", "updated_at"])
     _refresh_availability_on_commit([line["product_id"] for line in reservation.lines])
-    return reservation, True
 
 
 def _refresh_availability_on_commit(skus: list[str]) -> None:
@@ -178,6 +224,18 @@ def availability_refresh(*, skus: list[str]) -> None:
         cache.set_many(available, timeout=AVAILABILITY_TTL)
     except RedisError as error:  # the entries expire; the API falls back to the database meanwhile
         logger.warning("availability cache not updated for %s: %s", skus, error)
+
+
+def _quantities(lines: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Quantities per product, a product named on several lines counted once."""
+    wanted: dict[str, int] = {}
+    for sku, quantity in lines:
+        wanted[sku] = wanted.get(sku, 0) + quantity
+    return wanted
+
+
+def _describe(quantities: dict[str, int]) -> str:
+    return ", ".join(f"{sku} x {qty}" for sku, qty in sorted(quantities.items())) or "nothing"
 
 
 def _as_json(wanted: dict[str, int]) -> list[dict[str, object]]:

@@ -19,9 +19,19 @@ from orders.selectors import order_get, order_timeline
 from orders.services import MAX_LINES, LineRequest, OrderRejected, order_place
 
 
+class StrictIntegerField(serializers.IntegerField):
+    """An integer as JSON writes one: `2`, not `"2"`, `" 2 "`, `2.0`, `1e2` or `true` (DRF's own
+    IntegerField takes all of those)."""
+
+    def to_internal_value(self, data: object) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class LineInputSerializer(serializers.Serializer):
     product_id = serializers.RegexField(r"^[A-Za-z0-9_-]{1,32}$", help_text="For example P001.")
-    quantity = serializers.IntegerField(min_value=1, max_value=MAX_QUANTITY_PER_LINE)
+    quantity = StrictIntegerField(min_value=1, max_value=MAX_QUANTITY_PER_LINE)
 
 
 class OrderInputSerializer(serializers.Serializer):
@@ -95,9 +105,10 @@ class OrderCreateApi(APIView):
                 {"Idempotency-Key": ["At most 255 printable characters."]}, status=status.HTTP_400_BAD_REQUEST
             )
         fingerprint = hashlib.sha256(request.body).hexdigest()
+        payload = request.data  # parsed first: a body that is not JSON is a 415 (or 400), even with a known key
         if key and (stored := IdempotencyKey.objects.filter(key=key).first()):
             return _replay(stored, fingerprint)
-        serializer = OrderInputSerializer(data=request.data)
+        serializer = OrderInputSerializer(data=payload)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         items = [LineRequest(line["product_id"], line["quantity"]) for line in data["items"]]

@@ -3,10 +3,11 @@
 from decimal import Decimal
 
 from eventbus.envelope import CloudEvent
+from eventbus.handling import PermanentError
 from eventbus.subscriptions import Subscriber
 from inventory.events import ProductChanged, StockRejected, StockReserved
 from orders.models import Order
-from orders.services import catalog_product_apply, order_record_leg
+from orders.services import ImplausibleRevision, catalog_product_apply, order_record_authorization, order_record_leg
 from payments.events import PaymentAuthorized, PaymentDeclined
 
 orders = Subscriber("orders", queue="orders.events-in")
@@ -28,7 +29,7 @@ def stock_rejected(data: StockRejected, event: CloudEvent) -> None:
 
 @orders.on(PaymentAuthorized)
 def payment_authorized(data: PaymentAuthorized, event: CloudEvent) -> None:
-    order_record_leg(order_id=data.order_id, payment=Order.PaymentLeg.AUTHORIZED)
+    order_record_authorization(order_id=data.order_id, amount=Decimal(data.amount), currency=data.currency)
 
 
 @orders.on(PaymentDeclined)
@@ -38,6 +39,13 @@ def payment_declined(data: PaymentDeclined, event: CloudEvent) -> None:
 
 @orders.on(ProductChanged)
 def update_catalog(data: ProductChanged, event: CloudEvent) -> None:
-    catalog_product_apply(
-        sku=data.product_id, name=data.name, price=Decimal(data.price), currency=data.currency, revision=data.revision
-    )
+    try:
+        catalog_product_apply(
+            sku=data.product_id,
+            name=data.name,
+            price=Decimal(data.price),
+            currency=data.currency,
+            revision=data.revision,
+        )
+    except ImplausibleRevision as refused:
+        raise PermanentError(str(refused)) from None

@@ -20,6 +20,14 @@ from orders.signals import order_placed
 TIMEOUT = "timeout"
 PAYMENT_TOKEN = re.compile(r"^tok_[A-Za-z0-9_]{1,64}$")
 MAX_LINES = 100
+MAX_TOTAL = Decimal("999999999999.99")  # Order.total_amount and the events' Money hold 12 digits before the point
+# How far past the catalogue's revision of a product a change may be: more changes of one product
+# than this are never in flight at once (see catalog_product_apply).
+MAX_REVISION_JUMP = 10
+
+
+class ImplausibleRevision(ValueError):
+    """A product change too far ahead of the catalogue's copy to be one of the changes still in flight."""
 
 
 class OrderRejected(ValueError):
@@ -69,7 +77,10 @@ def order_check(*, items: list[LineRequest]) -> PricedOrder:
         errors.append("All products of an order must share one currency.")
     if errors:
         raise OrderRejected({"items": errors})
-    return PricedOrder(quantities, prices, currencies.pop())
+    priced = PricedOrder(quantities, prices, currencies.pop())
+    if priced.total > MAX_TOTAL:
+        raise OrderRejected({"items": [f"The order total exceeds {MAX_TOTAL} {priced.currency}."]})
+    return priced
 
 
 def order_place(*, customer_email: str, payment_token: str, items: list[LineRequest]) -> Order:
@@ -87,17 +98,28 @@ def order_place(*, customer_email: str, payment_token: str, items: list[LineRequ
     return order
 
 
+@transaction.atomic
 def catalog_product_apply(*, sku: str, name: str, price: Decimal, currency: str, revision: int) -> bool:
-    """Apply a product change unless a newer revision is already known; return whether it applied."""
-    updated = CatalogProduct.objects.filter(sku=sku, revision__lt=revision).update(
-        name=name, price=price, currency=currency, revision=revision
-    )
-    if updated:
-        return True
-    _, created = CatalogProduct.objects.get_or_create(
-        sku=sku, defaults={"name": name, "price": price, "currency": currency, "revision": revision}
-    )
-    return created
+    """Apply a product change if it is newer than the catalogue's copy; return whether it applied.
+
+    A change carries the whole product, so the newest revision wins and none needs waiting for: an
+    older or repeated one is ignored, and a newer one applies even over a gap (the revisions in the
+    gap, arriving late, are then older). A product never seen counts as revision 0. A revision more
+    than MAX_REVISION_JUMP ahead cannot be a change in flight, and applying it would hide every real
+    change below it: it is refused with ImplausibleRevision, and the catalogue keeps its copy."""
+    product, _ = CatalogProduct.objects.select_for_update().get_or_create(
+        sku=sku, defaults={"name": name, "price": price, "currency": currency, "revision": 0}
+    )  # a row created here goes with the transaction if the change is refused
+    if revision <= product.revision:
+        return False
+    if revision > product.revision + MAX_REVISION_JUMP:
+        raise ImplausibleRevision(
+            f"product {sku} revision {revision} refused: the catalogue has revision {product.revision}, "
+            f"and no more than {MAX_REVISION_JUMP} changes of a product are ever in flight"
+        )
+    product.name, product.price, product.currency, product.revision = name, price, currency, revision
+    product.save()
+    return True
 
 
 @transaction.atomic
@@ -107,8 +129,34 @@ def order_record_leg(
     """Record one leg's outcome and let the saga decide. A leg is recorded once: a repeated or
     late event changes nothing, so any order and any duplication of events ends the same way."""
     order = Order.objects.select_for_update().filter(pk=order_id).first()
+    if order is not None:
+        _record(order, stock=stock, payment=payment, reason=reason)
+    return order
+
+
+@transaction.atomic
+def order_record_authorization(*, order_id: UUID, amount: Decimal, currency: str) -> Order | None:
+    """Record an authorization as the payment leg: authorized if it holds exactly the order's total in
+    the order's currency, failed (declined, naming both amounts) otherwise.
+
+    A payments team treats an authorization for another amount as it treats a partial approval it
+    does not accept: it reverses it at once and the sale does not go through. So the order is
+    cancelled, and its cancellation voids the authorization and releases the stock. Confirming
+    would capture money that does not pay for the order; leaving it pending would hold the
+    customer's funds and the stock until the timeout and hide the cause behind `timeout`. A forged
+    authorization gains nothing by it that a forged PaymentDeclined would not."""
+    order = Order.objects.select_for_update().filter(pk=order_id).first()
     if order is None:
         return None
+    if (amount, currency) == (order.total_amount, order.currency):
+        _record(order, payment=Order.PaymentLeg.AUTHORIZED)
+    else:
+        mismatch = f"authorized {amount:.2f} {currency}, but the order totals {order.total_amount:.2f} {order.currency}"
+        _record(order, payment=Order.PaymentLeg.DECLINED, reason=mismatch)
+    return order
+
+
+def _record(order: Order, *, stock: str | None = None, payment: str | None = None, reason: str = "") -> None:
     if stock and order.stock_leg == Order.StockLeg.PENDING:
         order.stock_leg, order.stock_reason = stock, reason
     if payment and order.payment_leg == Order.PaymentLeg.PENDING:
@@ -122,7 +170,6 @@ def order_record_leg(
     elif decision is not None and order.status == Order.Status.CANCELLED and order.cancel_reason != TIMEOUT:
         order.cancel_reason = decision.reason  # a second failed leg joins the reason
     order.save()
-    return order
 
 
 def _decide(order: Order, status: str, reason: str = "") -> None:

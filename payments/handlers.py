@@ -7,7 +7,7 @@ from eventbus.handling import PermanentError
 from eventbus.sealing import SealBroken, unseal
 from eventbus.subscriptions import Subscriber
 from orders.events import OrderCancelled, OrderConfirmed, OrderPlaced
-from payments.services import payment_authorize, payment_capture, payment_void
+from payments.services import CaptureRefused, payment_authorize, payment_capture, payment_void
 
 payments = Subscriber("payments", queue="payments.events")
 
@@ -23,7 +23,10 @@ def authorize_payment(data: OrderPlaced, event: CloudEvent) -> None:
 
 @payments.on(OrderConfirmed)
 def capture_payment(data: OrderConfirmed, event: CloudEvent) -> None:
-    payment_capture(order_id=data.order_id)
+    try:
+        payment_capture(order_id=data.order_id, amount=Decimal(data.total_amount), currency=data.currency)
+    except CaptureRefused as refused:
+        raise PermanentError(str(refused)) from None
 
 
 @payments.on(OrderCancelled)

@@ -6,13 +6,15 @@ from django.db import models
 
 
 class Payment(models.Model):
-    """The payment of one order, authorized first and captured or voided when the order is decided."""
+    """The payment of one order, authorized first and captured or voided when the order is decided,
+    or expired: voided because no decision came within HOLD_EXPIRY_SECONDS."""
 
     class Status(models.TextChoices):
         AUTHORIZED = "authorized"
         CAPTURED = "captured"
         VOIDED = "voided"
         DECLINED = "declined"
+        EXPIRED = "expired"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     order_id = models.UUIDField(unique=True)

@@ -68,8 +68,9 @@ def database_url(settings_dict: dict) -> str:
 
 def process_stack(env: dict[str, str], **ports: int) -> Stack:
     """A stack of processes (no servers: `make test` runs those) on the test run's vhost and database."""
-    config = StackConfig(run_dir=ROOT / ".run" / "test-stack", **ports)
-    return Stack(config, settings="orderproj.settings.test", overrides=env)
+    # Logs go to <RUN_DIR>/test-stack/logs; the processes keep the suite's RUN_DIR (its seal key, its files).
+    config = StackConfig(run_dir=settings.RUN_DIR / "test-stack", **ports)
+    return Stack(config, settings="orderproj.settings.test", overrides={"RUN_DIR": str(settings.RUN_DIR), **env})
 
 
 def free_port() -> int:

@@ -26,12 +26,13 @@ NON_SETTINGS_VARIABLES = {
     "FLOWER_BASIC_AUTH": "Flower reads it itself (its FLOWER_ option variables)",
     "ADMIN_PASSWORD": "the migrate service's command hands it to `manage.py ensure_admin`",
 }
-SECRETS = ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS", "ADMIN_PASSWORD", "FLOWER_BASIC_AUTH")
+SECRETS = ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS", "ADMIN_PASSWORD", "FLOWER_BASIC_AUTH",
+           "EVENTBUS_SEAL_KEY")  # fmt: skip
 CELERY_WORKER = ["celery", "-A", "orderproj", "worker"]
 PUBLISHED = {"web": ["8000"], "flower": ["5555"], "rabbitmq": ["5672", "15672"]}
 
 ENV_READ = re.compile(
-    r"""\b(?:os\.environ\.get|env_bool|env_int|required|_port|_choice|_count)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
+    r"""\b(?:os\.environ\.get|env_bool|env_int|env_duration|env_rate|required|_port|_choice|_count)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
 )
 REQUIRED_READ = re.compile(r"""\brequired\(\s*["']([A-Z][A-Z0-9_]*)["']""")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")

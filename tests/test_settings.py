@@ -13,6 +13,7 @@ PRODUCTION_ENV = {
     "CELERY_BROKER_URL": "amqp://orders:secret@mq.example.com:5672/orders",
     "REDIS_URL": "redis://cache.example.com:6379/0",
     "RABBITMQ_MANAGEMENT_URL": "https://mq.example.com:15671",
+    "EVENTBUS_SEAL_KEY": "k3-Vt8Hw2Ns5Gm0Lq7Yx4Bc9Rf1Jd6Pz",
 }
 
 

@@ -51,7 +51,7 @@ def test_release_and_commit_happen_once():
 
     for _ in range(2):
         stock_release(order_id=cancelled)
-        stock_commit(order_id=confirmed)
+        stock_commit(order_id=confirmed, lines=[("P001", 2)])
 
     product = Product.objects.get(sku="P001")
     assert (product.stock_on_hand, product.stock_reserved) == (3, 0)

@@ -26,6 +26,16 @@ def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def env_rate(name: str, default: str) -> str | None:
+    """A request rate such as `120/min` (per s, min, hour or day); `off` (or empty) means no limit."""
+    text = os.environ.get(name, default).strip().lower()
+    if text in {"", "off"}:
+        return None
+    if not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|min|minute|h|hour|d|day)", text):
+        raise ImproperlyConfigured(f"{name}={text!r}: expected a rate such as 120/min, 10/s or 5000/day, or off")
+    return text
+
+
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -53,6 +63,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_celery_results",
     "django_celery_beat",
+    "axes",
     "eventbus",
     "orders",
     "inventory",
@@ -60,6 +71,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "orderproj.errors.JsonApiErrors",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -67,7 +79,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
+# Debug pages and error reports hide connection URLs, the database's path and secret-named variables.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "orderproj.errors.SecretsHidingFilter"
 
 ROOT_URLCONF = "orderproj.urls"
 WSGI_APPLICATION = "orderproj.wsgi.application"
@@ -103,6 +118,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -125,6 +141,9 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "orderpipe"),
+        # Callers fall back when Redis is away (API throttles, availability); a host that does not
+        # answer must not hold a request until the OS gives up on the connection.
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
     }
 }
 
@@ -171,12 +190,22 @@ CELERY_BEAT_SCHEDULE = {
     # The relay sweeps on its own; this catches rows it left behind while it was down.
     "sweep-outbox": {"task": "eventbus.sweep_outbox", "schedule": 30.0},
     "cancel-stale-orders": {"task": "orders.cancel_stale_orders", "schedule": 15.0},
+    "release-stale-stock-holds": {"task": "inventory.release_stale_holds", "schedule": 60.0},
+    "void-stale-authorizations": {"task": "payments.void_stale_authorizations", "schedule": 60.0},
     "retention": {
         "task": "eventbus.retention",
         "schedule": env_duration("EVENTBUS_RETENTION_INTERVAL", "1h").total_seconds(),
     },
 }
 ORDER_PENDING_TIMEOUT_SECONDS = env_int("ORDER_PENDING_TIMEOUT_SECONDS", 120)
+# Stock and authorizations held for an order never decided (one that does not exist, say) are
+# released after this. A live order is decided within the timeout above, so this must outlast it.
+HOLD_EXPIRY_SECONDS = env_int("HOLD_EXPIRY_SECONDS", 600)
+if HOLD_EXPIRY_SECONDS <= ORDER_PENDING_TIMEOUT_SECONDS:
+    raise ImproperlyConfigured(
+        f"HOLD_EXPIRY_SECONDS ({HOLD_EXPIRY_SECONDS}) must exceed ORDER_PENDING_TIMEOUT_SECONDS "
+        f"({ORDER_PENDING_TIMEOUT_SECONDS}), or holds of orders still being decided are released"
+    )
 # Quorum queues replicate and enforce a delivery limit; topic exchanges let retry countdowns
 # use RabbitMQ's native delayed delivery instead of holding ETAs in worker memory.
 CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
@@ -214,12 +243,27 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
-    "DEFAULT_PARSER_CLASSES": [
-        "orderproj.parsers.JSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON only: a form on another site can post form-encoded or multipart bodies without a CSRF token.
+    "DEFAULT_PARSER_CLASSES": ["orderproj.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "orderproj.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["orderproj.throttling.AnonRateThrottle", "orderproj.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_rate("API_THROTTLE_ANON", "120/min"),
+        "user": env_rate("API_THROTTLE_USER", "600/min"),
+    },
+    # The client's address is the connection's, unless this many reverse proxies append X-Forwarded-For.
+    "NUM_PROXIES": env_int("TRUSTED_PROXY_COUNT", 0),
 }
+# --- Admin login throttling (django-axes, counted in the database): after ADMIN_LOGIN_FAILURE_LIMIT
+# wrong passwords for one username from one address, that pair is locked out for ADMIN_LOGIN_COOLOFF.
+# Per pair, not per username: a stranger cannot lock the real admin out by failing on purpose.
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = env_duration("ADMIN_LOGIN_COOLOFF", "15m")
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # a row per successful login, never deleted; failures are still counted
+AXES_CLIENT_IP_CALLABLE = "orderproj.throttling.client_address"  # the address the API throttles see
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Order pipeline API",
     "DESCRIPTION": "Place orders and follow them through the event-driven saga.",
@@ -255,7 +299,9 @@ EVENTBUS_RELAY_SWEEP_AGE_SECONDS = float(os.environ.get("EVENTBUS_RELAY_SWEEP_AG
 EVENTBUS_RELAY_LEASE_SECONDS = float(os.environ.get("EVENTBUS_RELAY_LEASE_SECONDS", "30"))
 EVENTBUS_RELAY_CONFIRM_TIMEOUT_SECONDS = float(os.environ.get("EVENTBUS_RELAY_CONFIRM_TIMEOUT_SECONDS", "20"))
 EVENTBUS_RELAY_MAX_ATTEMPTS = env_int("EVENTBUS_RELAY_MAX_ATTEMPTS", 10)  # then the row is blocked
-EVENTBUS_SEAL_KEY = os.environ.get("EVENTBUS_SEAL_KEY", "")  # encrypts secrets inside events; default: SECRET_KEY
+# Encrypts secrets inside events: comma-separated keys, the first seals, all unseal (see eventbus.sealing).
+EVENTBUS_SEAL_KEY = os.environ.get("EVENTBUS_SEAL_KEY", "")
+EVENTBUS_SEAL_KEY_FILE: Path | None = None  # where the key is kept (and made) when EVENTBUS_SEAL_KEY is empty
 # Retention (eventbus.retention): rows that have served their purpose are deleted after these
 # windows. The inbox window must outlive every redelivery; `manage.py check` says when it is too short.
 EVENTBUS_RETENTION_OUTBOX_SENT = env_duration("EVENTBUS_RETENTION_OUTBOX_SENT", "7d")

@@ -22,6 +22,7 @@ CELERY_BROKER_URL = required("CELERY_BROKER_URL")
 REDIS_URL = required("REDIS_URL")
 CACHES["default"]["LOCATION"] = REDIS_URL  # noqa: F405
 RABBITMQ_MANAGEMENT_URL = required("RABBITMQ_MANAGEMENT_URL")
+EVENTBUS_SEAL_KEY = required("EVENTBUS_SEAL_KEY")
 
 # Static files (the admin's CSS and JS) served by the app itself, compressed and cache-busted.
 WHITENOISE = "whitenoise.middleware.WhiteNoiseMiddleware"

@@ -11,3 +11,8 @@ CACHES["default"]["KEY_PREFIX"] = os.environ.get("CACHE_KEY_PREFIX", f"test-{os.
 TEST_RUN_ID = os.environ.get("TEST_RUN_ID", f"{os.getpid()}")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / f"test-{TEST_RUN_ID}.sqlite3")}  # noqa: F405
+
+# The suite posts many orders and logs in many times from one address: no API throttles and no
+# admin lockouts here; their own tests turn them on with override_settings.
+REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"anon": None, "user": None}}  # noqa: F405
+AXES_ENABLED = False

@@ -112,3 +112,143 @@ def test_the_openapi_document_describes_the_order_endpoints(api):
     schema = api.get("/api/schema/", headers={"Accept": "application/vnd.oai.openapi+json"})
     assert schema.status_code == 200
     assert b"/api/orders/" in schema.content and b"Idempotency-Key" in schema.content
+
+
+RAW_LINE = (
+    '{"customer_email": "a@example.com", "payment_token": "tok_visa", '
+    '"items": [{"product_id": "P001", "quantity": %s}]}'
+)
+
+
+@pytest.mark.parametrize("quantity", ['"2"', '" 2 "', "2.0", "1e2", "true"])
+def test_a_quantity_must_be_a_json_integer_not_a_string_a_float_or_a_boolean(api, quantity):
+    response = post(api, RAW_LINE % quantity)
+    assert response.status_code == 400, response.content
+    assert response.json()["items"] == {"0": {"quantity": ["A valid integer is required."]}}
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"customer_email": "a@example.com", "customer_email": "b@example.com", "payment_token": "tok_visa",'
+        ' "items": [{"product_id": "P001", "quantity": 2}]}',
+        '{"customer_email": "a@example.com", "payment_token": "tok_visa",'
+        ' "items": [{"product_id": "P001", "quantity": 1, "quantity": 9}]}',
+    ],
+    ids=["top-level", "in-a-line"],
+)
+def test_a_body_with_a_repeated_key_is_a_400(api, raw):
+    response = post(api, raw)
+    assert response.status_code == 400
+    assert "duplicate key" in response.json()["detail"]
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "multipart/form-data", "text/plain"])
+def test_only_json_is_accepted_so_a_form_on_another_site_cannot_place_an_order(api, content_type):
+    form = {"customer_email": "a@example.com", "payment_token": "tok_visa", "items": "P001"}
+    if content_type == "multipart/form-data":
+        response = api.post("/api/orders/", form, format="multipart")
+    elif content_type == "text/plain":
+        response = api.post("/api/orders/", json.dumps(VALID), content_type=content_type)
+    else:
+        response = api.post("/api/orders/", "customer_email=a%40example.com&payment_token=tok_visa",
+                            content_type=content_type)  # fmt: skip
+    assert response.status_code == 415
+    assert "Unsupported media type" in response.json()["detail"]
+    assert nothing_stored()
+
+
+def test_an_order_whose_total_does_not_fit_is_a_400_naming_the_items(api):
+    factories.product("P900", price="9999999999.99", stock=5000)
+    response = post(api, {**VALID, "items": [{"product_id": "P900", "quantity": 1000}]})
+    assert response.status_code == 400
+    assert response.json() == {"items": ["The order total exceeds 999999999999.99 USD."]}
+    assert nothing_stored()
+
+    # The largest total that fits is still an order
+    factories.product("P901", price="999999999.99", stock=5000)
+    response = post(api, {**VALID, "items": [{"product_id": "P901", "quantity": 1000}]})
+    assert response.status_code == 201 and response.json()["total_amount"] == "999999999990.00"
+
+
+# --- Errors are JSON, with DEBUG on too, and show nothing of the server's insides.
+
+SECRETS = ("s3cret-broker-password", "tok_secret_caller", "<html", "Traceback")
+
+
+@pytest.fixture
+def debug(settings):
+    settings.DEBUG = True
+    settings.CELERY_BROKER_URL = "amqp://orders:s3cret-broker-password@127.0.0.1:5672/orders"
+
+
+def shows_nothing_inside(response) -> bool:
+    text = response.content.decode(errors="replace")
+    return response["Content-Type"] == "application/json" and not any(secret in text for secret in SECRETS)
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
+def test_a_body_over_the_upload_limit_is_a_json_413_even_with_debug_on(api, debug, content_type):
+    body = json.dumps({**VALID, "payment_token": "tok_secret_caller", "padding": "x" * 3_000_000})
+    response = api.post("/api/orders/", body, content_type=content_type)
+    assert response.status_code == 413
+    assert response.json() == {"detail": "The request body is too large."}
+    assert shows_nothing_inside(response) and nothing_stored()
+
+
+def test_an_unexpected_error_is_a_json_500_even_with_debug_on(api, debug, monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr("orders.api.order_place", broken)
+    api.raise_request_exception = False
+    response = post(api, {**VALID, "payment_token": "tok_secret_caller"})
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal Server Error"}
+    assert shows_nothing_inside(response)
+
+
+def test_an_unknown_api_path_is_a_json_404_even_with_debug_on(api, debug):
+    response = api.get("/api/no-such-thing/")
+    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
+    assert shows_nothing_inside(response)
+
+
+# --- Rate limits (off in the test settings; turned on here).
+
+
+@pytest.fixture
+def throttled(settings):
+    """Three requests a minute per client; counted in a cache of this test's own."""
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"anon": "3/min", "user": "5/min"}}
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": f"throttle-{uuid.uuid4()}"}}  # fmt: skip
+
+
+def test_a_client_over_its_rate_gets_a_json_429_and_places_nothing_more(api, throttled):
+    statuses = [post(api, VALID).status_code for _ in range(3)]
+    over = post(api, VALID)
+    assert statuses == [201, 201, 201]
+    assert over.status_code == 429 and "throttled" in over.json()["detail"] and int(over["Retry-After"]) > 0
+    assert Order.objects.count() == 3
+
+    # Another address has its own allowance; a forged X-Forwarded-For does not make a new client
+    assert post(api, VALID, **{"X-Forwarded-For": "203.0.113.9"}).status_code == 429
+    assert api.post("/api/orders/", json.dumps(VALID), content_type="application/json",
+                    REMOTE_ADDR="198.51.100.7").status_code == 201  # fmt: skip
+
+
+def test_a_signed_in_user_is_limited_per_user(api, throttled, django_user_model):
+    api.force_login(django_user_model.objects.create_user("clerk", password="x"))
+    statuses = [api.get("/api/products/").status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+
+
+def test_the_throttles_let_requests_through_when_the_cache_is_down(api, throttled, settings, caplog):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:1/0"}}  # fmt: skip
+    statuses = [post(api, VALID).status_code for _ in range(5)]
+    assert statuses == [201] * 5
+    assert "the cache is unreachable" in caplog.text

@@ -2,22 +2,32 @@
 
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventbus.models import OutboxMessage
+from inventory.events import ReservedLine, StockReserved
 from orders.models import Order
-from orders.services import LineRequest, order_cancel_stale, order_place, order_record_leg
+from orders.services import (
+    LineRequest,
+    order_cancel_stale,
+    order_place,
+    order_record_authorization,
+    order_record_leg,
+)
+from payments.events import PaymentAuthorized
 from tests import factories
+from tests.delivery import deliver
 
 pytestmark = pytest.mark.django_db
 Stock, Payment = Order.StockLeg, Order.PaymentLeg
 
 
-def new_order() -> Order:
-    factories.product("P001", stock=100)
+def new_order(price: str = "10.00") -> Order:
+    factories.product("P001", price=price, stock=100)
     return order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P001", 1)])
 
 
@@ -29,17 +39,24 @@ def decisions(order: Order) -> list[str]:
     )
 
 
+# Each leg's outcomes as the saga's handlers record them; the order totals 10.00 USD.
 LEG_EVENTS = {
-    "reserved": {"stock": Stock.RESERVED},
-    "rejected": {"stock": Stock.REJECTED, "reason": "P001 insufficient stock"},
-    "authorized": {"payment": Payment.AUTHORIZED},
-    "declined": {"payment": Payment.DECLINED, "reason": "card declined"},
+    "reserved": lambda order: order_record_leg(order_id=order.id, stock=Stock.RESERVED),
+    "rejected": lambda order: order_record_leg(
+        order_id=order.id, stock=Stock.REJECTED, reason="P001 insufficient stock"
+    ),
+    "authorized": lambda order: order_record_authorization(order_id=order.id, amount=Decimal("10.00"), currency="USD"),
+    "underpaid": lambda order: order_record_authorization(order_id=order.id, amount=Decimal("0.01"), currency="USD"),
+    "declined": lambda order: order_record_leg(order_id=order.id, payment=Payment.DECLINED, reason="card declined"),
 }
+UNDERPAID = "payment: authorized 0.01 USD, but the order totals 10.00 USD"
 EXPECTED = {
     ("reserved", "authorized"): ("confirmed", ""),
     ("reserved", "declined"): ("cancelled", "payment: card declined"),
+    ("reserved", "underpaid"): ("cancelled", UNDERPAID),
     ("rejected", "authorized"): ("cancelled", "stock: P001 insufficient stock"),
     ("rejected", "declined"): ("cancelled", "stock: P001 insufficient stock; payment: card declined"),
+    ("rejected", "underpaid"): ("cancelled", f"stock: P001 insufficient stock; {UNDERPAID}"),
 }
 
 
@@ -47,7 +64,7 @@ EXPECTED = {
 def deliveries(draw):
     """One outcome per leg, each delivered one to three times, in any interleaving."""
     stock = draw(st.sampled_from(["reserved", "rejected"]))
-    payment = draw(st.sampled_from(["authorized", "declined"]))
+    payment = draw(st.sampled_from(["authorized", "declined", "underpaid"]))
     events = [stock] * draw(st.integers(1, 3)) + [payment] * draw(st.integers(1, 3))
     return (stock, payment), draw(st.permutations(events))
 
@@ -59,7 +76,7 @@ def test_every_ordering_and_duplication_of_the_legs_ends_in_the_same_state(case)
     order = new_order()
 
     for name in sequence:
-        order_record_leg(order_id=order.id, **LEG_EVENTS[name])
+        LEG_EVENTS[name](order)
 
     order.refresh_from_db()
     assert (order.status, order.cancel_reason) == EXPECTED[(stock, payment)]
@@ -88,3 +105,29 @@ def test_a_stale_pending_order_is_cancelled_for_timeout_once_and_a_late_leg_keep
 
 def test_a_leg_for_an_unknown_order_changes_nothing():
     assert order_record_leg(order_id=uuid.uuid4(), stock=Stock.RESERVED) is None
+
+
+@pytest.mark.parametrize(("amount", "currency"), [("0.01", "USD"), ("75.00", "EUR"), ("750.00", "USD")])
+def test_an_authorization_for_another_amount_cancels_the_order_naming_both_amounts(amount, currency):
+    # Given a pending 75.00 USD order whose stock is reserved
+    order = new_order(price="75.00")
+    reserved = StockReserved(order_id=order.id, lines=[ReservedLine(product_id="P001", quantity=1)])
+    deliver("orders.stock_reserved", reserved, correlation_id=str(order.id))
+
+    # When an authorization of another amount or currency arrives (the forged one of issue 10: 0.01)
+    authorized = PaymentAuthorized(order_id=order.id, payment_id=uuid.uuid4(), amount=amount, currency=currency)
+    deliver("orders.payment_authorized", authorized, correlation_id=str(order.id))
+
+    # Then the order is not confirmed but cancelled, and the cancellation voids and releases the holds
+    order.refresh_from_db()
+    assert (order.status, order.payment_leg) == (Order.Status.CANCELLED, Payment.DECLINED)
+    assert order.cancel_reason == f"payment: authorized {amount} {currency}, but the order totals 75.00 USD"
+    assert decisions(order) == ["orders.OrderCancelled.v1"]
+
+
+def test_an_authorization_of_the_order_total_confirms_it():
+    order = new_order(price="75.00")
+    order_record_leg(order_id=order.id, stock=Stock.RESERVED)
+    order_record_authorization(order_id=order.id, amount=Decimal("75.0"), currency="USD")
+    order.refresh_from_db()
+    assert order.status == Order.Status.CONFIRMED and decisions(order) == ["orders.OrderConfirmed.v1"]

@@ -62,11 +62,13 @@ class Command(BaseCommand):
             raise CommandError("--body-file replaces the body of exactly one dead letter")
         body = None
         if body_file:
-            body = body_file.read_text()
             try:
+                body = body_file.read_text()
                 json.loads(body)
-            except ValueError as error:
-                raise CommandError(f"{body_file} is not valid JSON: {error}") from error
+            except OSError as error:
+                raise CommandError(f"cannot read {body_file}: {error.strerror or error}") from None
+            except ValueError as error:  # UnicodeDecodeError included
+                raise CommandError(f"{body_file} is not valid JSON: {error}") from None
         rows = [self._get(pk) for pk in ids] if ids else list(DeadLetter.objects.filter(replayed_at__isnull=True))
         with current_app.connection_for_write() as connection:
             for row in rows:
