@@ -1,4 +1,5 @@
-"""Session fixtures: a per-run RabbitMQ vhost and the pipeline's real processes on it, started by devstack."""
+"""Session fixtures: a per-run RabbitMQ vhost set up as a deployment's, and the pipeline's real processes on
+it, each as its own broker user, started by devstack. The test process itself is the broker's administrator."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from devstack import pipeline
 from devstack.stack import Stack, expected_consumers
+from eventbus.broker_admin import broker_setup
 from tests.harness import database_url, process_stack, temporary_vhost
 
 WORKER_OPTIONS = {"extra": ("--without-gossip", "--without-mingle")}
@@ -16,7 +18,8 @@ WORKER_OPTIONS = {"extra": ("--without-gossip", "--without-mingle")}
 
 @pytest.fixture(scope="session")
 def broker_url() -> Iterator[str]:
-    """A broker URL on a vhost of this run's own; the test process's Celery app uses it too."""
+    """The administrator's URL on a vhost of this run's own, with the pipeline's users, their permissions and
+    the topology on it (`manage.py broker_setup`'s work); the test process's Celery app uses it too."""
     from orderproj.celery import app
 
     with temporary_vhost() as url:
@@ -24,6 +27,7 @@ def broker_url() -> Iterator[str]:
         # before the app opens its first connection, so every producer uses the vhost.
         os.environ["CELERY_BROKER_URL"] = url
         app.conf.broker_url = url
+        broker_setup(url, app)
         yield url
 
 

@@ -33,7 +33,9 @@ from chaos.stack import ARCHIVE_QUEUES, ChaosStack
 from devstack.processes import child_pids
 from devstack.stack import wait_consuming
 from eventbus.envelope import CONTENT_TYPE
+from eventbus.identities import publisher_of
 from eventbus.models import OutboxMessage
+from eventbus.passwords import ADMIN
 
 logger = logging.getLogger(__name__)
 PICKLE = "application/x-python-serialize"
@@ -253,18 +255,20 @@ class Injector:
         ids = list(OutboxMessage.objects.filter(sent_at__isnull=False).values_list("id", flat=True))
         rows = list(OutboxMessage.objects.filter(id__in=self.rng.sample(ids, min(self.duplicates, len(ids)))))
         close_old_connections()
-        with self._connection() as connection:
-            producer = connection.Producer()
-            for row in rows:
-                producer.publish(
-                    json.dumps(row.body, separators=(",", ":")).encode(),
-                    exchange=row.exchange,
-                    routing_key=row.routing_key,
-                    content_type=CONTENT_TYPE,
-                    content_encoding="utf-8",
-                    delivery_mode=2,
-                    retry=True,
-                )
+        for user in sorted({publisher_of(row.event_type) for row in rows}):  # each as its producer, as the relay does
+            with self._connection(user) as connection:
+                producer = connection.Producer()
+                for row in (row for row in rows if publisher_of(row.event_type) == user):
+                    producer.publish(
+                        json.dumps(row.body, separators=(",", ":")).encode(),
+                        exchange=row.exchange,
+                        routing_key=row.routing_key,
+                        content_type=CONTENT_TYPE,
+                        content_encoding="utf-8",
+                        delivery_mode=2,
+                        retry=True,
+                        user_id=user,
+                    )
         kinds = sorted({row.event_type.split(".")[1] for row in rows})
         return f"re-published {len(rows)} already-sent events raw ({', '.join(kinds)})"
 
@@ -318,5 +322,6 @@ class Injector:
         """Block until the workers consume again (a crashed process is the supervision's business)."""
         return wait_consuming(self.stack.config.broker_url, expected, None, timeout=timeout)
 
-    def _connection(self) -> Connection:
-        return Connection(self.stack.config.broker_url, transport_options={"confirm_publish": True})
+    def _connection(self, user: str = ADMIN) -> Connection:
+        """Poison comes from the administrator: it is filed as poison before anyone asks who sent it."""
+        return Connection(self.stack.broker_url_as(user), transport_options={"confirm_publish": True})

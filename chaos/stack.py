@@ -11,6 +11,7 @@ import requests
 from devstack import brokers, pipeline
 from devstack.config import StackConfig
 from devstack.stack import Stack, expected_consumers
+from eventbus.passwords import ADMIN
 
 # Events no service subscribes to (captured, voided, released) are kept there, by design.
 ARCHIVE_QUEUES = frozenset({"eventbus.unrouted"})
@@ -84,7 +85,7 @@ class ChaosStack(Stack):
                 response = requests.get(
                     f"http://{self.config.host}:{node.management_port}/api/queues/{quote('/', safe='')}",
                     params={"columns": "name,messages,messages_ready,messages_unacknowledged,consumers,leader"},
-                    auth=("guest", "guest"),
+                    auth=(ADMIN, self.config.credentials.password(ADMIN)),
                     timeout=10,
                 )
                 response.raise_for_status()

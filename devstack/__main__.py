@@ -16,8 +16,9 @@ from devstack.config import DATABASES, ROOT, StackConfig
 from devstack.processes import ProcessExited
 from devstack.stack import Stack, expected_consumers
 
-# `make run` only: a URL the user exported points the processes at their own server instead.
-USER_CHOICES = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "RABBITMQ_MANAGEMENT_URL")
+# `make run` only: a URL the user exported points the processes at their own server instead. Not the
+# broker's: each process gets a user of its own on the stack's RabbitMQ (eventbus.identities).
+USER_CHOICES = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")
 SERVER_RESTARTS = 3  # per server and `make run`; past that the stack stops and says which server died
 
 
@@ -123,7 +124,7 @@ def _print_urls(config: StackConfig, flower_user: str) -> None:
         f"    admin        {base}:{config.web_port}/admin/   user admin, password in {password_file}\n"
         f"    API          {base}:{config.web_port}/api/orders/   docs {base}:{config.web_port}/api/docs/\n"
         f"    Flower       {base}:{config.flower_port}/   user {flower_user} (FLOWER_BASIC_AUTH)\n"
-        f"    RabbitMQ     {config.management_url}/   user guest (loopback only)"
+        f"    RabbitMQ     {config.management_url}/   user admin, password in {config.credentials.path}"
     )
 
 
@@ -152,7 +153,12 @@ def services(config: StackConfig) -> int:
     _stop_on_signals()
     try:
         stack.start_servers()
-        say("servers up (Ctrl-C stops them):\n" + "\n".join(f"    {k}={v}" for k, v in config.connection_env().items()))
+        variables = {**config.connection_env(), "CELERY_BROKER_URL": config.broker_url_as(None)}
+        say(
+            "servers up (Ctrl-C stops them):\n"
+            + "\n".join(f"    {k}={v}" for k, v in variables.items())
+            + f"\n    (broker users and their passwords, admin's included: {config.credentials.path})"
+        )
         with suppress(KeyboardInterrupt):
             signal.pause()
         return 0

@@ -13,8 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import requests
+
 from devstack.config import RabbitNode, StackConfig
 from devstack.processes import stop_groups
+from eventbus.passwords import ADMIN
 
 RABBIT_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 RABBIT_CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
@@ -177,11 +180,17 @@ def _write_rabbit_config(config: StackConfig, node: RabbitNode, cookie: str) -> 
     # a broker restart an unconfirmed dead letter is forwarded again only after this timeout
     # (default 180 s, longer than an order's pending timeout; seen in `make chaos`).
     (base / "advanced.config").write_text("[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].\n")
+    # A node whose database is new creates the stack's administrator instead of `guest` (see ensure_admin).
     (base / "rabbitmq.conf").write_text(
         f"listeners.tcp.1 = {config.host}:{node.amqp_port}\n"
         f"management.tcp.ip = {config.host}\n"
         f"management.tcp.port = {node.management_port}\n"
-        "loopback_users.guest = true\n"
+        f"default_user = {ADMIN}\n"
+        f"default_pass = {config.credentials.password(ADMIN)}\n"
+        "default_user_tags.administrator = true\n"
+        "default_permissions.configure = .*\n"
+        "default_permissions.write = .*\n"
+        "default_permissions.read = .*\n"
         "log.console = false\n"
         "log.file.level = info\n"
         # Quorum queues keep their data on disk; a dev node should not stop on a small disk.
@@ -200,13 +209,14 @@ def _cookie(config: StackConfig) -> str:
 
 
 def rabbitmqctl(
-    config: StackConfig, *args: str, node: RabbitNode | None = None, timeout: float = 60
+    config: StackConfig, *args: str, node: RabbitNode | None = None, timeout: float = 60, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run rabbitmqctl against `node` (default: the first node of the stack)."""
+    """Run rabbitmqctl against `node` (default: the first node of the stack); `stdin` answers its prompt."""
     node = node or config.nodes[0]
     return subprocess.run(
         [str(RABBIT_CTL), "-n", node.name, *args],
         env=_rabbit_env(node, config.host),
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -245,10 +255,36 @@ def start_rabbitmq(config: StackConfig) -> list[ManagedProcess]:
         for node in config.nodes[1:]:
             if first.name not in cluster_members(config, node):
                 _join(config, node, first)
+        ensure_admin(config)
     except BaseException:
         stop_rabbitmq(config, servers)
         raise
     return servers
+
+
+def ensure_admin(config: StackConfig) -> None:
+    """The stack's administrator logs in with the password kept in its run directory, and `guest` is gone.
+
+    A node with a new database made the administrator itself (rabbitmq.conf); one whose data predates it,
+    or whose password changed (its line was deleted from the credentials file, to rotate it), is set right
+    through rabbitmqctl, which reads the password from its standard input rather than its command line."""
+    api = f"{config.management_url}/api"
+    auth = (ADMIN, config.credentials.password(ADMIN))
+    if requests.get(f"{api}/whoami", auth=auth, timeout=10).status_code != 200:
+        password = f"{auth[1]}\n"
+        if rabbitmqctl(config, "change_password", ADMIN, stdin=password).returncode != 0:
+            _ctl(config, "add_user", ADMIN, stdin=password)
+        _ctl(config, "set_user_tags", ADMIN, "administrator")
+        _ctl(config, "set_permissions", "-p", "/", ADMIN, ".*", ".*", ".*")
+    response = requests.delete(f"{api}/users/guest", auth=auth, timeout=10)
+    if response.status_code not in (204, 404):
+        raise StackError(f"could not delete the broker user guest: {response.status_code} {response.text}")
+
+
+def _ctl(config: StackConfig, *args: str, stdin: str | None = None) -> None:
+    result = rabbitmqctl(config, *args, stdin=stdin)
+    if result.returncode != 0:
+        raise StackError(f"rabbitmqctl {args[0]}: {result.stdout}{result.stderr}")
 
 
 def cluster_members(config: StackConfig, node: RabbitNode) -> list[str]:

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eventbus.passwords import ADMIN, FILE_NAME, PasswordFile
+
 ROOT = Path(__file__).resolve().parent.parent
 DATABASES = ("sqlite", "postgres")
 # Erlang distribution ports follow RabbitMQ's own convention: the node's AMQP port + 20000.
@@ -69,6 +71,8 @@ class StackConfig:
     db: str = field(default_factory=lambda: _choice("STACK_DB", "sqlite", DATABASES))
     rabbitmq_nodes: int = field(default_factory=lambda: _count("RABBITMQ_NODES", 1))
     run_dir: Path = field(default_factory=lambda: Path(os.environ.get("RUN_DIR", ROOT / ".run")))
+    # Where the broker users' passwords are kept; default: in the run directory.
+    credentials_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.db not in DATABASES:
@@ -117,13 +121,25 @@ class StackConfig:
             ports["POSTGRES_PORT"] = self.postgres_port
         return ports
 
-    def amqp_url(self, node: RabbitNode, credentials: str = "guest:guest", vhost: str = "/") -> str:
-        return f"amqp://{credentials}@{self.host}:{node.amqp_port}/{vhost}"
+    @property
+    def credentials(self) -> PasswordFile:
+        """The passwords of this stack's broker users, kept in its run directory."""
+        return PasswordFile(self.credentials_file or self.run_dir / FILE_NAME)
+
+    def amqp_url(self, node: RabbitNode, credentials: str = "", vhost: str = "/") -> str:
+        userinfo = f"{credentials}@" if credentials else ""
+        return f"amqp://{userinfo}{self.host}:{node.amqp_port}/{vhost}"
+
+    def broker_url_as(self, user: str | None, vhost: str = "/") -> str:
+        """Every node, `;`-separated (Celery and kombu fail over to the next node when one is gone), logged
+        in as `user`; with None the URL names no user (a process that must not use one of its own)."""
+        credentials = f"{user}:{self.credentials.password(user)}" if user else ""
+        return ";".join(self.amqp_url(node, credentials, vhost) for node in self.nodes)
 
     @property
     def broker_url(self) -> str:
-        """Every node, `;`-separated: Celery and kombu fail over to the next node when one is gone."""
-        return ";".join(self.amqp_url(node) for node in self.nodes)
+        """The administrator's URL: for devstack and the harnesses, never for a process of the pipeline."""
+        return self.broker_url_as(ADMIN)
 
     @property
     def redis_url(self) -> str:
@@ -140,9 +156,9 @@ class StackConfig:
         return f"sqlite:///{self.run_dir / 'db.sqlite3'}"
 
     def connection_env(self) -> dict[str, str]:
-        """The variables that point a process (settings, devstack) at this stack's servers."""
+        """The variables that point a process (settings, devstack) at this stack's servers; the broker URL,
+        which names a user, is each process's own (see devstack.stack)."""
         return {
-            "CELERY_BROKER_URL": self.broker_url,
             "REDIS_URL": self.redis_url,
             "DATABASE_URL": self.database_url,
             "RABBITMQ_MANAGEMENT_URL": self.management_url,

@@ -29,6 +29,7 @@ class ProcessGroup:
         self.echo = echo
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.argvs: dict[str, list[str]] = {}
+        self.envs: dict[str, dict[str, str]] = {}  # each process's own variables, beyond the shared ones
         self.restarts: dict[str, int] = {}
         self._orphan_groups: set[int] = set()
         self._print_lock = threading.Lock()
@@ -36,7 +37,8 @@ class ProcessGroup:
     # --- starting
 
     def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start `argv` as `name` (replacing a process of that name that has ended)."""
+        """Start `argv` as `name`, with `env` on top of the shared environment (replacing a process of that
+        name that has ended)."""
         if name in self.procs and self.procs[name].poll() is None:
             raise RuntimeError(f"{name} is already running (pid {self.procs[name].pid})")
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +51,7 @@ class ProcessGroup:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.procs[name], self.argvs[name] = proc, argv
+        self.procs[name], self.argvs[name], self.envs[name] = proc, argv, env or {}
         if self.echo:
             colour = COLOURS[(len(self.argvs) - 1) % len(COLOURS)]
             threading.Thread(target=self._pump, args=(name, colour, proc, log), daemon=True).start()
@@ -59,9 +61,9 @@ class ProcessGroup:
         return proc
 
     def restart(self, name: str) -> subprocess.Popen[bytes]:
-        """Start `name` again with the arguments it last ran with; counts restarts."""
+        """Start `name` again with the arguments and variables it last ran with; counts restarts."""
         self.restarts[name] = self.restarts.get(name, 0) + 1
-        return self.start(name, self.argvs[name])
+        return self.start(name, self.argvs[name], env=self.envs[name])
 
     # --- watching
 

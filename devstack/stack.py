@@ -22,13 +22,16 @@ from devstack.brokers import ManagedProcess, StackError, say
 from devstack.config import ROOT, StackConfig
 from devstack.postgres import PostgresCluster
 from devstack.processes import ProcessGroup
+from eventbus.passwords import ADMIN
 
 
 class Stack:
     """Servers and processes of one stack, everything under `config.run_dir`, stopped by `stop()`.
 
-    `fresh` wipes the run directory first (the benchmark and chaos runs); without it the data of an
-    earlier run is kept (`make run`)."""
+    `fresh` wipes the run directory first (the benchmark and chaos runs), but for the broker users'
+    passwords; without it the data of an earlier run is kept (`make run`). Each process of the pipeline
+    connects to the broker on `vhost` as a user of its own (eventbus.identities); everything else the
+    stack runs, and the harness itself, is the broker's administrator."""
 
     def __init__(
         self,
@@ -38,11 +41,13 @@ class Stack:
         fresh: bool = False,
         echo: bool = False,
         overrides: dict[str, str] | None = None,
+        vhost: str = "/",
     ) -> None:
         self.config = config
         self.settings = settings
         self.fresh = fresh
         self.overrides = overrides or {}
+        self.vhost = vhost
         self.servers: dict[str, ManagedProcess] = {}
         self.postgres: PostgresCluster | None = None
         self.processes = ProcessGroup(self.env, ROOT, config.log_dir, echo=echo)
@@ -55,6 +60,7 @@ class Stack:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": self.settings,
             **self.config.connection_env(),
+            "CELERY_BROKER_URL": self.broker_url,
             "PYTHONUNBUFFERED": "1",
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             **self.overrides,
@@ -85,8 +91,9 @@ class Stack:
         if self.config.db == "postgres" and os.geteuid() == 0:
             _let_postgres_through(run_dir)
         if self.fresh:
+            kept = {path, self.config.credentials.path}  # the harness may already hold a password
             for entry in run_dir.iterdir():
-                if entry != path:
+                if entry not in kept:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
     # --- servers
@@ -108,6 +115,7 @@ class Stack:
             say(f"starting PostgreSQL 15 on {config.host}:{config.postgres_port}")
             self.postgres = PostgresCluster(config)
             self.postgres.start()
+        self.setup_broker()
 
     def rabbit_server(self, index: int) -> ManagedProcess:
         return self.servers[f"rabbitmq-{index + 1}"]
@@ -137,10 +145,35 @@ class Stack:
             revived.append(name)
         return revived
 
+    # --- the broker's users
+
+    @property
+    def broker_url(self) -> str:
+        """The administrator's URL on the stack's vhost: the harness's own, never a pipeline process's."""
+        return self.broker_url_as(ADMIN)
+
+    def broker_url_as(self, user: str | None) -> str:
+        return self.config.broker_url_as(user, self.vhost)
+
+    def setup_broker(self) -> None:
+        """The pipeline's broker users with their permissions on the stack's vhost, and the topology, made
+        by `manage.py broker_setup` as the administrator; passwords come from the stack's password file."""
+        say(f"broker users and topology on vhost {self.vhost!r} (passwords in {self.config.credentials.path})")
+        self.manage("broker_setup", env={"BROKER_ADMIN_URL": self.broker_url})
+
+    def _as_user(self, user: str | None) -> dict[str, str]:
+        return {"CELERY_BROKER_URL": self.broker_url_as(user)}
+
+    def _as_ops(self) -> dict[str, str]:
+        """Web, beat and Flower: send tasks, read queue statistics, replay dead letters."""
+        from eventbus.identities import OPS
+
+        return self._as_user(OPS)
+
     # --- database
 
-    def manage(self, *args: str) -> None:
-        subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True)
+    def manage(self, *args: str, env: dict[str, str] | None = None) -> None:
+        subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**self.env, **(env or {})}, check=True)
 
     def migrate(self) -> None:
         self.manage("migrate", "--noinput", "-v", "0")
@@ -152,32 +185,42 @@ class Stack:
     # --- pipeline processes
 
     def start_worker(self, service: str, *, name: str | None = None, concurrency: int = 2, **options) -> str:
-        """Start the worker of `service` as `name` (default: the service); return the name."""
+        """Start the worker of `service` as `name` (default: the service), as the service's broker user;
+        return the name."""
+        from eventbus.identities import service_user
+
         name = name or service
-        self.processes.start(name, pipeline.worker_argv(pipeline.service(service), name=name,
-                                                        concurrency=concurrency, **options))  # fmt: skip
+        argv = pipeline.worker_argv(pipeline.service(service), name=name, concurrency=concurrency, **options)
+        self.processes.start(name, argv, env=self._as_user(service_user(service)))
         return name
 
     def start_relay(self, name: str = "relay", *, poll: float | None = None) -> str:
-        self.processes.start(name, pipeline.relay_argv(name, poll=poll))
+        """Start a relay: it has no broker user of its own, it publishes each producer's events as that producer."""
+        from eventbus.identities import producers, service_user
+
+        users = [service_user(producer) for producer in producers()]
+        publishers = ",".join(f"{user}:{self.config.credentials.password(user)}" for user in users)
+        env = {**self._as_user(None), "EVENTBUS_PUBLISHER_CREDENTIALS": publishers}
+        self.processes.start(name, pipeline.relay_argv(name, poll=poll), env=env)
         return name
 
     def start_web(self, port: int | None = None) -> None:
-        self.processes.start("web", pipeline.web_argv(self.config.host, port or self.config.web_port))
+        argv = pipeline.web_argv(self.config.host, port or self.config.web_port)
+        self.processes.start("web", argv, env=self._as_ops())
 
     def start_beat(self) -> None:
-        self.processes.start("beat", pipeline.beat_argv())
+        self.processes.start("beat", pipeline.beat_argv(), env=self._as_ops())
 
     def start_flower(self, port: int | None = None) -> None:
         argv = pipeline.flower_argv(self.config.host, port or self.config.flower_port, self.config.management_url)
-        self.processes.start("flower", argv)
+        self.processes.start("flower", argv, env=self._as_ops())
 
     # --- readiness
 
     def wait_consuming(self, expected: dict[str, int], *, timeout: float = 120, broker_url: str | None = None) -> float:
         """Block until each queue has at least its expected number of consumers; fail with the log of a
         process that ended meanwhile. Returns the seconds it took."""
-        return wait_consuming(broker_url or self.config.broker_url, expected, self.processes, timeout=timeout)
+        return wait_consuming(broker_url or self.broker_url, expected, self.processes, timeout=timeout)
 
     def wait_for_port(self, name: str, port: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

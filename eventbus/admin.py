@@ -80,7 +80,12 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.action(description="Replay to the original event queue")
     def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        replayed = 0
         with current_app.connection_for_write() as connection:
             for dead_letter in queryset:
-                deadletters.replay(dead_letter, connection)
-        self.message_user(request, f"Replayed {queryset.count()} dead letter(s).", messages.SUCCESS)
+                try:
+                    deadletters.replay(dead_letter, connection)
+                    replayed += 1
+                except deadletters.NotReplayable as error:
+                    self.message_user(request, str(error), messages.WARNING)
+        self.message_user(request, f"Replayed {replayed} dead letter(s).", messages.SUCCESS)

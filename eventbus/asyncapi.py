@@ -165,8 +165,10 @@ def _server() -> dict[str, Any]:
         "protocol": "amqp",
         "protocolVersion": "0.9.1",
         "description": (
-            "RabbitMQ. `make run` starts it on loopback; the port follows RABBITMQ_PORT and\n"
-            "the whole broker URL (user, password, vhost) CELERY_BROKER_URL."
+            "RabbitMQ. `make run` starts it on loopback; the port follows RABBITMQ_PORT. A subscriber\n"
+            "connects with credentials of its own (`manage.py broker_subscriber <name>`), declares\n"
+            "and binds queues named `sub-<name>.*`, and reads them. Every event carries the AMQP\n"
+            "`user_id` of its producer, which RabbitMQ checks: trust an event only from its producer."
         ),
         "variables": {
             "host": {"default": "127.0.0.1"},

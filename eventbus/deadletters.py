@@ -13,6 +13,12 @@ from eventbus.envelope import CONTENT_TYPE
 from eventbus.models import DeadLetter
 from eventbus.subscriptions import subscribers
 
+REPLAY_HEADER = "x-replayed-from-dead-letter"
+
+
+class NotReplayable(Exception):
+    """A dead letter that must not be sent through again."""
+
 
 def store(
     *,
@@ -77,24 +83,45 @@ def replay_queue(dead_letter: DeadLetter) -> str:
 
 
 def replay(dead_letter: DeadLetter, connection: Connection, *, body: str | None = None) -> str:
-    """Publish the (possibly corrected) body to the original event queue with confirms; record the replay."""
+    """Record the replay of the (possibly corrected) body, then publish it with confirms to the original event
+    queue, naming the dead letter: the intake takes a replay as authentic only when the store holds that body
+    (see eventbus.authenticity), so the record commits first. A forged dead letter is never replayed."""
+    if dead_letter.reason == DeadLetter.Reason.FORGED:
+        raise NotReplayable(f"dead letter #{dead_letter.pk} is forged ({dead_letter.error}): kept, never replayed")
     text = dead_letter.body if body is None else body
     queue = replay_queue(dead_letter)
     with transaction.atomic():
         locked = DeadLetter.objects.select_for_update().get(pk=dead_letter.pk)
-        producer = connection.Producer()
-        producer.publish(
-            text.encode(),
-            exchange="",
-            routing_key=queue,
-            content_type=locked.content_type or CONTENT_TYPE,
-            content_encoding="utf-8",
-            delivery_mode=2,
-            headers={"x-replayed-from-dead-letter": locked.pk},
-            retry=True,
-        )
         locked.body = text
         locked.replayed_at = timezone.now()
         locked.replay_count += 1
         locked.save(update_fields=["body", "replayed_at", "replay_count"])
+        transaction.on_commit(
+            lambda: connection.Producer().publish(
+                text.encode(),
+                exchange="",
+                routing_key=queue,
+                content_type=locked.content_type or CONTENT_TYPE,
+                content_encoding="utf-8",
+                delivery_mode=2,
+                headers={REPLAY_HEADER: locked.pk},
+                retry=True,
+            )
+        )
     return queue
+
+
+def replay_vouched(dead_letter_id: Any, body: bytes | str) -> bool:
+    """Whether `body` (py-amqp decodes a utf-8 one) is what the store replayed as dead letter `dead_letter_id`."""
+    try:
+        pk = int(dead_letter_id)
+    except (TypeError, ValueError):
+        return False
+    stored = (
+        DeadLetter.objects.filter(pk=pk, replayed_at__isnull=False)
+        .exclude(reason=DeadLetter.Reason.FORGED)
+        .values_list("body", flat=True)
+        .first()
+    )
+    text = body.decode("utf-8", errors="backslashreplace") if isinstance(body, bytes) else body
+    return stored is not None and stored == text

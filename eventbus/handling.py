@@ -31,6 +31,7 @@ from django.db import (
 from pydantic import ValidationError
 
 from eventbus import deadletters
+from eventbus.authenticity import ForgedMessage, check_task_sender
 from eventbus.envelope import CloudEvent, PoisonMessage, from_dict
 from eventbus.models import DeadLetter, InboxMessage
 from eventbus.outbox import HopLimitExceeded, current_event
@@ -95,12 +96,17 @@ def run_handler(task: HandlerTask, handler: Handler, raw_event: dict[str, Any]) 
     `done` or `duplicate`, and on which attempt, so retries are visible in Flower and the admin."""
     attempt = task.request.retries
     try:
+        if not task.request.called_directly:  # delivered by the broker, not called in-process
+            check_task_sender(handler.service, task.request.properties)
         event = from_dict(raw_event)
         if event_expired(event.time) and not _handled(handler, event):
             # Retention may have deleted the inbox row of an earlier handling (see eventbus.retention).
             raise EventExpired(f"{event.type} {event.id} of {event.time} is older than the inbox window allows")
         outcome = _apply_once(handler, event, task.request.id or "", attempt=attempt + 1)
         return {"outcome": outcome, "attempt": attempt + 1}
+    except ForgedMessage as error:
+        _dead_letter(task, handler, raw_event, error, DeadLetter.Reason.FORGED, attempt + 1)
+        raise
     except EventExpired as error:
         _dead_letter(task, handler, raw_event, error, DeadLetter.Reason.EXPIRED, attempt + 1)
         raise

@@ -21,6 +21,7 @@ from kombu import Consumer
 from kombu.message import Message
 
 from eventbus import deadletters
+from eventbus.authenticity import event_forgery
 from eventbus.envelope import PoisonMessage, parse
 from eventbus.handling import reconnect_database
 from eventbus.models import DeadLetter
@@ -54,10 +55,13 @@ class EventIntake(bootsteps.ConsumerStep):
                     on_message=lambda message, s=subscriber: self.on_event(s, message),
                     prefetch_count=settings.EVENTBUS_INTAKE_PREFETCH,
                     no_ack=False,
+                    auto_declare=False,  # broker_setup declared them; the service's user may only read them
                 )
             )
             dlqs = [dead_letter_queue(subscriber.queue), dead_letter_queue(subscriber.task_queue)]
-            consumers.append(Consumer(channel, queues=dlqs, on_message=self.on_dead_letter, prefetch_count=16))
+            consumers.append(
+                Consumer(channel, queues=dlqs, on_message=self.on_dead_letter, prefetch_count=16, auto_declare=False)
+            )
         if subscribers:
             logger.info("event intake consuming %s", ", ".join(s.queue for s in subscribers))
         return consumers
@@ -74,6 +78,11 @@ class EventIntake(bootsteps.ConsumerStep):
             return
         handlers = subscriber.handlers_for(event.type)
         try:
+            # Checked once the event is known not to be poison. A replay is checked against the dead-letter
+            # store: should the database be away, the event waits like one that could not be dispatched.
+            if forged := event_forgery(message, event.type):
+                self._dead_letter(subscriber, message, DeadLetter.Reason.FORGED, forged)
+                return
             for handler in handlers:
                 self.app.send_task(
                     handler.name,

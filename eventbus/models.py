@@ -58,7 +58,8 @@ class InboxMessage(models.Model):
 
 
 class DeadLetter(models.Model):
-    """A message that could not be handled: poison at intake, retries exhausted, or rejected by the broker."""
+    """A message that could not be handled: poison at intake, retries exhausted, rejected by the broker, or
+    forged (sent by a broker user that may not send it)."""
 
     class Reason(models.TextChoices):
         POISON = "poison", "cannot be parsed or validated"
@@ -67,6 +68,7 @@ class DeadLetter(models.Model):
         BROKER = "broker", "dead-lettered by the broker"
         HOP_LIMIT = "hop_limit", "hop limit exceeded"
         EXPIRED = "expired", "older than the inbox window"
+        FORGED = "forged", "not sent by the broker user allowed to send it"
 
     reason = models.CharField(max_length=16, choices=Reason.choices, db_index=True)
     queue = models.CharField(max_length=200, help_text="The queue the message was consumed from.")

@@ -60,10 +60,10 @@ def nudge_relay() -> None:
     global _redis
     try:
         if _redis is None:
-            _redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+            _redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.25, socket_connect_timeout=0.25)
         _redis.publish(nudge_channel(), b"1")
     except redis.RedisError as error:
-        logger.debug("relay nudge failed (the sweep will publish): %s", error)
+        logger.debug("relay nudge failed (the relays' polling publishes): %s", error)
 
 
 def nudge_channel() -> str:

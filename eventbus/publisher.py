@@ -24,12 +24,13 @@ class Outgoing:
     body: bytes
     content_type: str
     message_id: str
+    user_id: str | None = None  # the connection's broker user, which RabbitMQ vouches for (any other is refused)
 
 
-def batch_connection(app: Celery) -> Connection:
-    """A broker connection for ConfirmingPublisher: Celery's per-message confirm wait is switched
-    off on it, because the publisher collects the confirms of a whole batch itself."""
-    return app.connection_for_write(transport_options={"confirm_publish": False})
+def batch_connection(app: Celery, url: str | None = None) -> Connection:
+    """A connection to `url` (default: the app's broker) for ConfirmingPublisher: Celery's per-message
+    confirm wait is switched off on it, because the publisher collects the confirms of a whole batch itself."""
+    return app.connection_for_write(url=url, transport_options={"confirm_publish": False})
 
 
 class ConfirmingPublisher:
@@ -77,6 +78,7 @@ class ConfirmingPublisher:
                         content_encoding="utf-8",
                         delivery_mode=2,
                         message_id=message.message_id,
+                        user_id=message.user_id,
                     ),
                     exchange=message.exchange,
                     routing_key=message.routing_key,

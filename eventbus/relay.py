@@ -5,6 +5,11 @@ left behind by a crash or a broker outage go out without a manual step. Relays r
 each claims its batch under a lease (eventbus.outbox_claims) and marks sent only what the broker
 confirmed and it still holds. A crash in between publishes a row again, which the consumers'
 inboxes absorb.
+
+Each event leaves as its producer's broker user, with that user as its AMQP `user_id` (RabbitMQ
+refuses any other): the relay connects once per producer, with the credentials of
+EVENTBUS_PUBLISHER_CREDENTIALS, to the host and vhost of Celery's broker URL. A batch goes out
+producer by producer, each producer's rows in id order.
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ import logging
 import os
 import socket
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import redis
-from celery import current_app
+from celery import Celery, current_app
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import connections, transaction
 from kombu import Connection
 
+from eventbus.contracts import UnknownEventType
 from eventbus.envelope import CONTENT_TYPE
+from eventbus.identities import producers, publisher_of, publisher_passwords, service_user, url_as
 from eventbus.models import OutboxMessage
 from eventbus.outbox import nudge_channel
 from eventbus.outbox_claims import (
@@ -34,7 +41,6 @@ from eventbus.outbox_claims import (
     outbox_release_all,
 )
 from eventbus.publisher import ConfirmingPublisher, Outgoing, batch_connection
-from eventbus.topology import declare_all
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +50,43 @@ def relay_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def confirming_publisher(connection: Connection) -> ConfirmingPublisher:
-    """A publisher whose confirm wait fits inside the relay's lease."""
-    return ConfirmingPublisher(connection, confirm_timeout=settings.EVENTBUS_RELAY_CONFIRM_TIMEOUT_SECONDS)
+class Publishers:
+    """A confirming publisher per producer's broker user, each on a connection logged in as that user."""
+
+    def __init__(self, app: Celery, passwords: dict[str, str]) -> None:
+        self.app = app
+        self.passwords = passwords
+        self._connections: list[Connection] = []
+        self._publishers: dict[str, ConfirmingPublisher] = {}
+
+    def __enter__(self) -> Publishers:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for connection in self._connections:
+            connection.release()
+        self._connections.clear()
+        self._publishers.clear()
+
+    def connect_all(self) -> list[str]:
+        """Log in as every producer now, so that a refused login shows at once; return the users."""
+        users = [service_user(producer) for producer in producers()]
+        for user in users:
+            self.get(user)
+        return users
+
+    def get(self, user: str) -> ConfirmingPublisher:
+        """The publisher of `user`, connected on first use; LookupError when the relay has no password for it."""
+        if user not in self._publishers:
+            if user not in self.passwords:
+                raise LookupError(f"the relay has no credentials for the broker user {user!r}")
+            connection = batch_connection(self.app, url_as(self.app.conf.broker_url, user, self.passwords[user]))
+            self._connections.append(connection)
+            connection.ensure_connection(max_retries=1)
+            # The confirm wait must fit inside the relay's lease.
+            timeout = settings.EVENTBUS_RELAY_CONFIRM_TIMEOUT_SECONDS
+            self._publishers[user] = ConfirmingPublisher(connection, confirm_timeout=timeout)
+        return self._publishers[user]
 
 
 @dataclass
@@ -69,46 +109,55 @@ class BatchOutcome:
         return sent
 
 
-def publish_rows(publisher: ConfirmingPublisher, rows: list[OutboxMessage], *, claimer: str) -> BatchOutcome:
-    """Publish claimed `rows` in id order and wait for the broker's word on each. When the
+def publish_rows(publishers: Publishers, rows: list[OutboxMessage], *, claimer: str) -> BatchOutcome:
+    """Publish claimed `rows`, each as its producer, and wait for the broker's word on each. When a
     connection fails midway, the rows are given back and the error raised."""
     outcome = BatchOutcome(claimer)
-    if not rows:
-        return outcome
+    by_user: dict[str, list[OutboxMessage]] = defaultdict(list)
+    for row in rows:
+        try:
+            by_user[publisher_of(row.event_type)].append(row)
+        except UnknownEventType as error:
+            outcome.refused[row.id] = f"{error}: no producer to publish it as"
     try:
-        refused = publisher.publish_batch(
-            Outgoing(
-                exchange=row.exchange,
-                routing_key=row.routing_key,
-                body=json.dumps(row.body, separators=(",", ":")).encode(),
-                content_type=CONTENT_TYPE,
-                message_id=str(row.event_id),
+        for user, group in by_user.items():
+            try:
+                publisher = publishers.get(user)
+            except LookupError as error:
+                outcome.refused.update((row.id, str(error)) for row in group)
+                continue
+            refused = publisher.publish_batch(
+                Outgoing(
+                    exchange=row.exchange,
+                    routing_key=row.routing_key,
+                    body=json.dumps(row.body, separators=(",", ":")).encode(),
+                    content_type=CONTENT_TYPE,
+                    message_id=str(row.event_id),
+                    user_id=user,
+                )
+                for row in group
             )
-            for row in rows
-        )
+            for row in group:
+                if (reason := refused.get(str(row.event_id))) is not None:
+                    outcome.refused[row.id] = reason
+                else:
+                    outcome.confirmed.append(row.id)
     except Exception as error:
         outbox_release(claimer=claimer, ids=[row.id for row in rows], error=f"{type(error).__name__}: {error}")
         raise
-    for row in rows:
-        if (reason := refused.get(str(row.event_id))) is not None:
-            outcome.refused[row.id] = reason
-        else:
-            outcome.confirmed.append(row.id)
     return outcome
 
 
-def sweep(*, older_than: timedelta | None = None, limit: int | None = None, name: str | None = None) -> int:
-    """Publish every row no relay holds (or only those older than `older_than`) once, claiming
-    them as `name` like any relay; return how many went out."""
+def sweep(*, limit: int | None = None, name: str | None = None) -> int:
+    """Publish every row no relay holds once, claiming them as `name` like any relay (`manage.py relay
+    --once`); return how many went out."""
     limit = limit or settings.EVENTBUS_RELAY_BATCH
     name = name or f"sweep-{relay_name()}"
     total = 0
-    with batch_connection(current_app) as connection:
-        connection.ensure_connection(max_retries=3)
-        publisher = confirming_publisher(connection)
+    with Publishers(current_app, publisher_passwords()) as publishers:
         while True:
-            rows = outbox_claim(claimer=name, limit=limit, older_than=older_than)
-            total += publish_rows(publisher, rows, claimer=name).record()
+            rows = outbox_claim(claimer=name, limit=limit)
+            total += publish_rows(publishers, rows, claimer=name).record()
             if len(rows) < limit:
                 return total
 
@@ -117,6 +166,7 @@ class Relay:
     """The long-running relay process behind `manage.py relay`."""
 
     def __init__(self, *, name: str, batch_size: int, poll_seconds: float) -> None:
+        self.passwords = publisher_passwords()  # ImproperlyConfigured at once when one is missing
         self.name = name
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
@@ -135,26 +185,27 @@ class Relay:
                 if not freed:
                     outbox_release_all(claimer=self.name)
                     freed = True
-                with batch_connection(current_app) as connection:
-                    connection.ensure_connection(max_retries=1)
-                    declare_all(connection, current_app)
-                    logger.info("relay %s connected to %s", self.name, connection.as_uri())
+                with Publishers(current_app, self.passwords) as publishers:
+                    users = publishers.connect_all()
+                    logger.info("relay %s connected as %s", self.name, ", ".join(users))
                     delay = 0.5
-                    self._loop(confirming_publisher(connection))
+                    self._loop(publishers)
             except Exception as error:  # broker or database away: rows wait in the outbox
                 logger.warning("relay %s: %s; retrying in %.1fs", self.name, error, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                close_old_connections()
+                # Closed, not just checked: a SQLite connection opened while the file could not be
+                # written stays read-only, and Django's check (close_old_connections) keeps it.
+                connections.close_all()
 
-    def _loop(self, publisher: ConfirmingPublisher) -> None:
+    def _loop(self, publishers: Publishers) -> None:
         while not self._stop:
             if self._unrecorded is not None:
                 # Recorded late rather than published again once the lease runs out.
                 self._unrecorded.record()
                 self._unrecorded = None
             rows = outbox_claim(claimer=self.name, limit=self.batch_size)
-            self._unrecorded = publish_rows(publisher, rows, claimer=self.name)
+            self._unrecorded = publish_rows(publishers, rows, claimer=self.name)
             sent = self._unrecorded.record()
             self._unrecorded = None
             if sent:

@@ -1,11 +1,9 @@
 """Housekeeping tasks of the event bus."""
 
-from datetime import timedelta
-
 from celery import shared_task
 from django.conf import settings
 
-from eventbus.relay import sweep
+from eventbus.outbox import nudge_relay
 from eventbus.retention import retention_run
 
 
@@ -16,10 +14,10 @@ def ping(payload: str = "ping") -> dict[str, str]:
 
 
 @shared_task(name="eventbus.sweep_outbox")
-def sweep_outbox() -> int:
-    """Publish outbox rows no relay has taken (they are down or stuck); it claims rows like a relay,
-    so it never publishes one that a live relay holds."""
-    return sweep(older_than=timedelta(seconds=settings.EVENTBUS_RELAY_SWEEP_AGE_SECONDS))
+def sweep_outbox() -> None:
+    """Wake the relays. Publishing is theirs alone: only they hold the producers' broker credentials. A relay
+    publishes what a dead one left behind once that one's lease runs out, on a nudge or at its next poll."""
+    nudge_relay()
 
 
 @shared_task(name="eventbus.retention")

@@ -1,7 +1,8 @@
 """The broker topology, declared from code: task queues, event exchanges, subscriber queues, dead letters.
 
-Declaring is idempotent, so the relay and every worker declare everything at start-up and a
-missing exchange or queue never drops a message.
+Declared once, by `manage.py broker_setup` as the broker's administrator (idempotent: it runs at every
+start of a local stack and with every deployment). The pipeline's own users may not declare anything
+but Celery's infrastructure (eventbus.identities): the relay treats a missing exchange as a failed row.
 """
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ def declare_all(connection: Connection, app: Celery) -> None:
     for producer in sorted({c.producer for c in all_contracts()}):
         event_exchange(producer).declare(channel=channel)
     for queue in app.amqp.queues.values():
-        queue(channel).declare()
+        # Task queues are `no_declare` (see the settings): declared here explicitly, with their exchange.
+        task_queue = queue(channel)
+        task_queue.exchange.declare()
+        task_queue.queue_declare()
+        task_queue.queue_bind()
         dead_letter_queue(queue.name)(channel).declare()
     for subscriber in subscribers():
         subscriber_queue(subscriber)(channel).declare()

@@ -10,11 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import requests
 from django.conf import settings
 
 from devstack.config import StackConfig
 from devstack.stack import Stack
+from eventbus.broker_admin import ManagementApi
+from eventbus.identities import url_as, url_vhost
+from eventbus.passwords import ADMIN, PasswordFile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,23 +37,22 @@ def on_vhost(url: str, vhost: str) -> str:
     return ";".join(urlunsplit((p.scheme, p.netloc, path, "", "")) for p in map(urlsplit, broker_urls(url)))
 
 
+def admin_url() -> str:
+    """The broker's administrator on the stack's broker, with the password of the stack's password file
+    (`make test` exports that URL; run by hand, CELERY_BROKER_URL may name no user)."""
+    return url_as(settings.CELERY_BROKER_URL, ADMIN, PasswordFile(settings.BROKER_PASSWORD_FILE).password(ADMIN))
+
+
 @contextmanager
 def temporary_vhost() -> Iterator[str]:
-    """Create a vhost for this test run, yield a broker URL on it, delete it (and its queues) after."""
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    api = settings.RABBITMQ_MANAGEMENT_URL.rstrip("/") + "/api"
-    auth = management_auth(settings.CELERY_BROKER_URL)
-    requests.put(f"{api}/vhosts/{quote(name, safe='')}", auth=auth, timeout=10).raise_for_status()
-    requests.put(
-        f"{api}/permissions/{quote(name, safe='')}/{auth[0]}",
-        json={"configure": ".*", "write": ".*", "read": ".*"},
-        auth=auth,
-        timeout=10,
-    ).raise_for_status()
+    """Create a vhost for this test run, yield the administrator's URL on it, delete it (and its queues) after."""
+    url = on_vhost(admin_url(), f"test-{uuid.uuid4().hex[:10]}")
+    api = ManagementApi(url)
+    api.create_vhost()
     try:
-        yield on_vhost(settings.CELERY_BROKER_URL, name)
+        yield url
     finally:
-        requests.delete(f"{api}/vhosts/{quote(name, safe='')}", auth=auth, timeout=30)
+        api.delete_vhost()
 
 
 def database_url(settings_dict: dict) -> str:
@@ -67,10 +68,15 @@ def database_url(settings_dict: dict) -> str:
 
 
 def process_stack(env: dict[str, str], **ports: int) -> Stack:
-    """A stack of processes (no servers: `make test` runs those) on the test run's vhost and database."""
+    """A stack of processes (no servers: `make test` runs those) on the test run's vhost (that of env's
+    CELERY_BROKER_URL) and database, each as its own broker user with the passwords of `make test`'s stack."""
     # Logs go to <RUN_DIR>/test-stack/logs; the processes keep the suite's RUN_DIR (its seal key, its files).
-    config = StackConfig(run_dir=settings.RUN_DIR / "test-stack", **ports)
-    return Stack(config, settings="orderproj.settings.test", overrides={"RUN_DIR": str(settings.RUN_DIR), **env})
+    config = StackConfig(
+        run_dir=settings.RUN_DIR / "test-stack", credentials_file=settings.BROKER_PASSWORD_FILE, **ports
+    )
+    vhost = url_vhost(env["CELERY_BROKER_URL"])
+    overrides = {"RUN_DIR": str(settings.RUN_DIR), **env}
+    return Stack(config, settings="orderproj.settings.test", overrides=overrides, vhost=vhost)
 
 
 def free_port() -> int:

@@ -1,10 +1,12 @@
 """The chaos harness, short: 120 orders on a private stack while each fault fires once; nothing lost or doubled.
 
-It runs `python -m chaos` as a subprocess on ports of its own, so the suite's broker is not disturbed.
+It runs `python -m chaos` as a subprocess on ports of its own, so the suite's broker is not disturbed, and
+reads the verdict it writes as JSON.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -55,10 +57,14 @@ def test_a_short_chaos_run_loses_no_order_and_doubles_no_effect():
         pytest.fail(f"the chaos run did not finish in time:\n{output[-6000:]}")
 
     summary = output[output.find("chaos summary") :] if "chaos summary" in output else output[-6000:]
+    verdict_file = run_dir / "verdict.json"
+    assert verdict_file.exists(), summary
+    verdict = json.loads(verdict_file.read_text())
+    assert (verdict["lost"], verdict["duplicated"], verdict["wrong_effects"]) == (0, 0, 0), summary
+    assert not verdict["poison_missing"] and verdict["unexpected_dead_letters"] == 0, summary
+    assert verdict["verdict"] == "VALID" and verdict["violations"] == 0, summary
+    assert not [f for f in verdict["faults"] if f["failed"]], summary
     assert proc.returncode == 0, summary
-    assert "lost = 0\n" in output, summary
-    assert "duplicated = 0\n" in output, summary
-    assert "verdict = VALID" in output, summary
     assert not any(_in_use(port) for port in (amqp, management, redis, postgres, amqp + 20000)), (
         "the chaos stack left a port open"
     )

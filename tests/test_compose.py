@@ -26,8 +26,13 @@ NON_SETTINGS_VARIABLES = {
     "FLOWER_BASIC_AUTH": "Flower reads it itself (its FLOWER_ option variables)",
     "ADMIN_PASSWORD": "the migrate service's command hands it to `manage.py ensure_admin`",
 }
+BROKER_PASSWORDS = ("BROKER_PASSWORD_OPS", "BROKER_PASSWORD_ORDERS", "BROKER_PASSWORD_INVENTORY",
+                    "BROKER_PASSWORD_PAYMENTS")  # fmt: skip
 SECRETS = ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS", "ADMIN_PASSWORD", "FLOWER_BASIC_AUTH",
-           "EVENTBUS_SEAL_KEY")  # fmt: skip
+           "EVENTBUS_SEAL_KEY", *BROKER_PASSWORDS)  # fmt: skip
+# The broker user each app container connects as (eventbus.identities); the relay names none of its own.
+BROKER_USERS = {"migrate": "ops", "web": "ops", "beat": "ops", "flower": "ops", "worker-orders": "orders",
+                "worker-inventory": "inventory", "worker-payments": "payments", "relay": None}  # fmt: skip
 CELERY_WORKER = ["celery", "-A", "orderproj", "worker"]
 PUBLISHED = {"web": ["8000"], "flower": ["5555"], "rabbitmq": ["5672", "15672"]}
 
@@ -80,7 +85,7 @@ def test_web_and_every_worker_reuse_one_anchored_definition(compose, services):
         assert services[name]["image"] == compose["x-app"]["image"]
 
 
-def test_rabbitmq_has_its_own_user_and_vhost_and_the_app_uses_them(services):
+def test_rabbitmq_has_its_own_administrator_and_vhost_and_each_process_a_user_of_its_own(services):
     env = services["rabbitmq"]["environment"]
     assert "guest" not in str(env["RABBITMQ_DEFAULT_USER"])
     assert env["RABBITMQ_DEFAULT_USER"].startswith("${RABBITMQ_DEFAULT_USER:?")
@@ -88,11 +93,31 @@ def test_rabbitmq_has_its_own_user_and_vhost_and_the_app_uses_them(services):
     assert env["RABBITMQ_DEFAULT_VHOST"] not in ("", "/")
     assert env["RABBITMQ_DEFAULT_VHOST"].startswith("${RABBITMQ_DEFAULT_VHOST")
 
-    for name in APP_SERVICES:
+    assert set(BROKER_USERS) == set(APP_SERVICES)
+    for name, user in BROKER_USERS.items():
         broker = services[name]["environment"]["CELERY_BROKER_URL"]
-        assert "guest" not in broker
-        assert broker.startswith("amqp://${RABBITMQ_DEFAULT_USER:?")
-        assert broker.endswith("@rabbitmq:5672/${RABBITMQ_DEFAULT_VHOST:-orderpipe}")
+        assert broker.endswith("@rabbitmq:5672/${RABBITMQ_DEFAULT_VHOST:-orderpipe}" if user else
+                               "amqp://rabbitmq:5672/${RABBITMQ_DEFAULT_VHOST:-orderpipe}")  # fmt: skip
+        if user:
+            assert broker.startswith(f"amqp://{user}:${{BROKER_PASSWORD_{user.upper()}:?"), name
+
+
+def test_only_the_migrate_service_holds_the_administrators_and_every_users_password(services):
+    migrate = services["migrate"]["environment"]
+    assert migrate["BROKER_ADMIN_URL"].startswith("amqp://${RABBITMQ_DEFAULT_USER:?")
+    assert all(migrate[variable].startswith(f"${{{variable}:?") for variable in BROKER_PASSWORDS)
+    assert "manage.py broker_setup" in " ".join(argv(services["migrate"]))
+    for name in APP_SERVICES:
+        if name == "migrate":
+            continue
+        held = {variable for variable in (*BROKER_PASSWORDS, "RABBITMQ_DEFAULT_PASS")
+                if variable in str(services[name]["environment"]) or variable in services[name]["command"]}  # fmt: skip
+        own = {f"BROKER_PASSWORD_{BROKER_USERS[name].upper()}"} if BROKER_USERS[name] else set()
+        if name == "relay":  # it publishes each producer's events as that producer
+            own = {f"BROKER_PASSWORD_{service.upper()}" for service in ("orders", "inventory", "payments")}
+        assert held == own, name
+    credentials = services["relay"]["environment"]["EVENTBUS_PUBLISHER_CREDENTIALS"]
+    assert [item.split(":", 1)[0] for item in credentials.split(",")] == ["orders", "inventory", "payments"]
 
 
 def test_app_services_pass_only_variables_that_something_reads(services):
@@ -154,6 +179,7 @@ def test_one_shot_migrate_runs_first_and_the_rest_waits_for_healthy_servers(serv
     command = " ".join(argv(services["migrate"]))
     assert "manage.py migrate" in command
     assert "manage.py seed_demo" in command
+    assert "manage.py broker_setup" in command
     for name in ("rabbitmq", "postgres", "redis"):
         assert "healthcheck" in services[name], name
     for name in APP_SERVICES:
@@ -169,7 +195,7 @@ def test_web_and_flower_listen_in_the_container_and_flower_reads_the_management_
     flower = argv(services["flower"])
     assert flower[:4] == ["celery", "-A", "orderproj", "flower"]
     broker_api = next(arg.removeprefix("--broker-api=") for arg in flower if arg.startswith("--broker-api="))
-    assert broker_api == "http://<RABBITMQ_DEFAULT_USER>:<RABBITMQ_DEFAULT_PASS>@rabbitmq:15672/api/"
+    assert broker_api == "http://rabbitmq:15672/api/"  # as the user of its broker URL, ops
 
 
 def test_published_ports_listen_on_loopback_only(services):

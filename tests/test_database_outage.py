@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import connection
 
 from eventbus.models import OutboxMessage
+from inventory.models import Reservation
 from orders.models import Order
 from orders.services import LineRequest, order_place
 from payments.models import Payment
@@ -108,4 +109,14 @@ def test_an_order_caught_in_a_database_write_outage_is_confirmed_once_writes_com
         lambda: Order.objects.filter(pk=fresh.pk, status=Order.Status.CONFIRMED).exists(),
         timeout=30,
         what="a new order confirmed after the outage",
+    )
+    # (and settled, so that the test's clean-up, which empties the tables, does not race the workers)
+    wait_for(
+        lambda: (
+            Reservation.objects.filter(order_id=fresh.pk, status=Reservation.Status.COMMITTED).exists()
+            and Payment.objects.filter(order_id=fresh.pk, status=Payment.Status.CAPTURED).exists()
+            and not OutboxMessage.objects.filter(sent_at__isnull=True).exists()
+        ),
+        timeout=30,
+        what="the new order settled",
     )

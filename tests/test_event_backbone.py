@@ -16,9 +16,11 @@ import requests
 from django.conf import settings
 from django.core.management import call_command
 from django_celery_results.models import TaskResult
-from kombu import Connection, Queue
+from kombu import Connection, Exchange, Queue
 
+from eventbus.broker_admin import subscriber_create
 from eventbus.envelope import CONTENT_TYPE, from_dict
+from eventbus.identities import publisher_passwords, url_as
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 from eventbus.sealing import seal
 from eventbus.subscriptions import handler_by_name
@@ -28,7 +30,7 @@ from orders.events import OrderPlaced
 from orders.services import LineRequest, order_place
 from payments.models import Payment
 from tests import factories
-from tests.harness import wait_for
+from tests.harness import management_auth, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 # The saga moves on after the step a test looks at: held stock gets committed, authorizations captured.
@@ -38,13 +40,14 @@ TOOK_PAYMENT = {Payment.Status.AUTHORIZED, Payment.Status.CAPTURED}
 
 @pytest.fixture
 def listener(workers, broker_url):
-    """A queue of the test's own, bound to `orders.events` for OrderPlaced: no code change needed."""
-    queue = Queue(f"test-listener-{uuid.uuid4().hex[:8]}", event_exchange("orders"), routing_key="order.placed")
-    with Connection(broker_url) as connection:
+    """A queue of a third party's own, bound to `orders.events` for OrderPlaced with subscribe-only credentials
+    (`manage.py broker_subscriber`): no code change needed. The exchange is the producer's: bound, not declared."""
+    orders_events = Exchange("orders.events", type="topic", no_declare=True)
+    queue = Queue(f"sub-listener.{uuid.uuid4().hex[:8]}", orders_events, routing_key="order.placed", auto_delete=True)
+    with Connection(subscriber_create(broker_url, "listener")) as connection:
         bound = queue(connection.default_channel)
         bound.declare()
         yield bound
-        bound.delete()
 
 
 def received(queue, *, timeout: float = 20) -> list:
@@ -60,13 +63,16 @@ def received(queue, *, timeout: float = 20) -> list:
 
 
 def publish_raw(broker_url: str, body: bytes, *, content_type: str, routing_key: str = "order.placed") -> None:
-    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+    """Publish `body` to `orders.events` as the orders service's broker user, as the relay does."""
+    url = url_as(broker_url, "orders", publisher_passwords()["orders"])
+    with Connection(url, transport_options={"confirm_publish": True}) as connection:
         connection.Producer().publish(
             body,
             exchange=event_exchange("orders"),
             routing_key=routing_key,
             content_type=content_type,
             content_encoding="binary" if content_type.endswith("serialize") else "utf-8",
+            user_id="orders",
         )
 
 
@@ -111,6 +117,7 @@ def test_order_placed_is_published_once_as_a_valid_cloudevent_and_fans_out(liste
     message = messages[0]
     assert message.content_type == CONTENT_TYPE
     assert message.properties["delivery_mode"] == 2
+    assert message.properties["user_id"] == "orders"  # RabbitMQ vouches that the orders service published it
     body = json.loads(message.body)
     assert {"specversion", "id", "source", "type", "time", "datacontenttype", "data", "correlationid",
             "causationid"} <= body.keys()  # fmt: skip
@@ -242,10 +249,12 @@ def _queue_depth(broker_url: str, queue: str) -> int:
     vhost = broker_url.rsplit("/", 1)[1]
     api = f"{settings.RABBITMQ_MANAGEMENT_URL}/api/queues/{vhost}/{queue}"
 
+    auth = management_auth(broker_url)
+
     def settled():
-        info = requests.get(api, auth=("guest", "guest"), timeout=5).json()
+        info = requests.get(api, auth=auth, timeout=5).json()
         return info if info.get("messages") == 0 else None
 
     with suppress(AssertionError):
         wait_for(settled, timeout=10, what=f"{queue} to drain")
-    return requests.get(api, auth=("guest", "guest"), timeout=5).json().get("messages", -1)
+    return requests.get(api, auth=auth, timeout=5).json().get("messages", -1)

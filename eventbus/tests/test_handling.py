@@ -85,7 +85,7 @@ class FakeTask:
         pass
 
     def __init__(self, retries: int) -> None:
-        self.request = type("Request", (), {"retries": retries, "id": "task-x"})()
+        self.request = type("Request", (), {"retries": retries, "id": "task-x", "called_directly": True})()
         self.countdowns: list[float] = []
 
     def retry(self, *, exc, countdown, max_retries):

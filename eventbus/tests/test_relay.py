@@ -1,8 +1,10 @@
-"""Relays side by side: rows claimed under a lease, attempts and errors per row, blocked rows, the sweep.
+"""Relays side by side: rows claimed under a lease, attempts and errors per row, blocked rows, one-off passes,
+and each event published as its producer's broker user.
 
 The claim tests call eventbus.outbox_claims directly; the publish tests use the real broker, on
 an exchange and queues of their own in the run's vhost: `ok.*` keys reach a queue that takes
-everything, `full` one that nacks every message (x-max-length 0, reject-publish).
+everything, `full` one that nacks every message (x-max-length 0, reject-publish). The producers'
+users may write that exchange for the test's duration.
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ import io
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import pytest
+import redis
+from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from kombu import Connection, Exchange, Queue
 
+from eventbus.broker_admin import ManagementApi
+from eventbus.identities import pipeline_grants, producers, service_user
 from eventbus.models import OutboxMessage
+from eventbus.outbox import nudge_channel
 from eventbus.outbox_claims import (
     outbox_claim,
     outbox_mark_sent,
@@ -38,12 +45,14 @@ from tests.harness import wait_for
 pytestmark = pytest.mark.django_db
 
 
-def outbox_rows(*routing_keys: str, exchange: str = "orders.events") -> list[OutboxMessage]:
+def outbox_rows(
+    *routing_keys: str, exchange: str = "orders.events", event_type: str = "orders.OrderPlaced.v1"
+) -> list[OutboxMessage]:
+    """Rows of `event_type` (which names the producer the relay publishes them as) with bodies of their own."""
     return OutboxMessage.objects.bulk_create(
-        OutboxMessage(event_id=uuid.uuid4(), event_type="test.Relayed.v1", exchange=exchange, routing_key=key,
-                      body={"n": n})
+        OutboxMessage(event_id=uuid.uuid4(), event_type=event_type, exchange=exchange, routing_key=key, body={"n": n})
         for n, key in enumerate(routing_keys)
-    )  # fmt: skip
+    )
 
 
 def ids(rows: list[OutboxMessage]) -> list[int]:
@@ -191,9 +200,13 @@ class Route:
 
     def received(self) -> list[str]:
         """Drain `ok`; the message ids in arrival order."""
+        return [message_id for message_id, _ in self.received_from()]
+
+    def received_from(self) -> list[tuple[str, str]]:
+        """Drain `ok`; (message id, the broker user that published it) in arrival order."""
         messages = []
         while (message := self.ok.get(no_ack=True)) is not None:
-            messages.append(message.properties["message_id"])
+            messages.append((message.properties["message_id"], message.properties.get("user_id")))
         return messages
 
     def unjam(self) -> None:
@@ -206,6 +219,9 @@ class Route:
 def route(broker_url: str) -> Iterator[Route]:
     name = f"relay-test-{uuid.uuid4().hex[:8]}"
     exchange = Exchange(name, type="topic", durable=False)
+    api = ManagementApi(broker_url)
+    publishers = {service_user(producer) for producer in producers()}
+    grants = [grant for grant in pipeline_grants() if grant.user in publishers]
     with Connection(broker_url) as conn:
         channel = conn.default_channel
         ok = Queue(f"{name}.ok", exchange, routing_key="ok.#", durable=False)(channel)
@@ -214,10 +230,16 @@ def route(broker_url: str) -> Iterator[Route]:
         exchange(channel).declare()
         ok.declare()
         full.declare()
-        yield Route(exchange(channel), ok, full)
-        for queue in (ok, full):
-            queue.delete()
-        exchange(channel).delete()
+        for grant in grants:  # the producers may write the test's exchange too, for now
+            api.grant(replace(grant, write=f"{grant.write}|^{name}$"), None)
+        try:
+            yield Route(exchange(channel), ok, full)
+        finally:
+            for grant in grants:
+                api.grant(grant, None)
+            for queue in (ok, full):
+                queue.delete()
+            exchange(channel).delete()
 
 
 def event_ids(rows: list[OutboxMessage]) -> list[str]:
@@ -263,10 +285,9 @@ def test_a_row_past_its_attempts_is_blocked_and_skipped_until_unblocked(route, s
     assert row.blocked_at is not None and row.sent_at is None and row.publish_attempts == 3
     assert "nacked" in row.last_error
 
-    # And relays and the sweep skip it from then on, even once the cause is gone
+    # And relays skip it from then on, even once the cause is gone
     route.unjam()
-    OutboxMessage.objects.update(created_at=timezone.now() - timedelta(hours=1))
-    assert sweep(name="relay-1") == 0 and sweep_outbox() == 0
+    assert sweep(name="relay-1") == 0 and sweep(name="relay-2") == 0
     assert OutboxMessage.objects.get().publish_attempts == 3 and route.received() == []
 
     # When an operator unblocks it, it goes out
@@ -280,24 +301,77 @@ def test_a_row_past_its_attempts_is_blocked_and_skipped_until_unblocked(route, s
 
 
 @pytest.mark.integration
-def test_the_sweep_cannot_take_a_leased_row_but_takes_over_an_expired_lease(route):
-    # Given rows old enough for the sweep, leased to a live relay still waiting for its confirms
+def test_a_one_off_pass_cannot_take_a_leased_row_but_takes_over_an_expired_lease(route):
+    # Given rows leased to a live relay still waiting for its confirms
     rows = outbox_rows("ok.1", "ok.2", "ok.3", exchange=route.exchange.name)
-    OutboxMessage.objects.update(created_at=timezone.now() - timedelta(hours=1))
     outbox_claim(claimer="relay-1", limit=10)
 
-    # When the beat sweep runs, it publishes none of them
-    assert sweep_outbox() == 0
+    # When another relay makes a pass (`relay --once`), it publishes none of them
+    assert sweep(name="relay-2") == 0
     assert route.received() == []
     assert set(OutboxMessage.objects.values_list("claimed_by", "sent_at")) == {("relay-1", None)}
 
-    # When the relay's lease runs out (it died), the sweep takes the rows over
+    # When the relay's lease runs out (it died), the next pass takes the rows over
     expire_leases()
-    assert sweep_outbox() == 3
+    assert sweep(name="relay-2") == 3
     assert route.received() == event_ids(rows)
-    assert all(name.startswith("sweep-") for name in outbox_shares())
+    assert outbox_shares() == {"relay-2": 3}
     # and the dead relay, were it to come back, could not mark them
     assert outbox_mark_sent(claimer="relay-1", ids=ids(rows)) == 0
+
+
+def test_the_beat_sweep_only_wakes_the_relays():
+    # Given a relay listening for nudges
+    listener = redis.Redis.from_url(django_settings.REDIS_URL).pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(nudge_channel())
+    outbox_rows("ok.1")
+
+    # When beat's sweep runs, it wakes the relays and publishes nothing itself (it has no producer's credentials)
+    sweep_outbox()
+
+    assert wait_for(lambda: listener.get_message(timeout=1), what="a nudge")["data"] == b"1"
+    assert OutboxMessage.objects.get().publish_attempts == 0
+    listener.close()
+
+
+@pytest.mark.integration
+def test_each_event_leaves_as_its_producers_broker_user(route):
+    # Given a batch with rows of three producers, interleaved
+    placed = outbox_rows("ok.1", exchange=route.exchange.name)
+    reserved = outbox_rows("ok.2", exchange=route.exchange.name, event_type="inventory.StockReserved.v1")
+    authorized = outbox_rows("ok.3", exchange=route.exchange.name, event_type="payments.PaymentAuthorized.v1")
+    confirmed = outbox_rows("ok.4", exchange=route.exchange.name, event_type="orders.OrderConfirmed.v1")
+
+    # When a relay publishes it
+    assert sweep(name="relay-1") == 4
+
+    # Then each went out on its producer's connection, with its producer as the user RabbitMQ vouched for
+    received = dict(route.received_from())
+    assert received == {
+        **dict.fromkeys(event_ids(placed + confirmed), "orders"),
+        **dict.fromkeys(event_ids(reserved), "inventory"),
+        **dict.fromkeys(event_ids(authorized), "payments"),
+    }
+
+
+@pytest.mark.integration
+def test_a_row_whose_type_names_no_producer_the_relay_can_publish_as_fails_on_its_own(route):
+    # Given an unknown event type beside a good row
+    (good,) = outbox_rows("ok.1", exchange=route.exchange.name)
+    (unknown,) = outbox_rows("ok.2", exchange=route.exchange.name, event_type="nobody.Nothing.v1")
+
+    assert sweep(name="relay-1") == 1
+
+    assert route.received() == [str(good.event_id)]
+    unknown.refresh_from_db()
+    assert unknown.sent_at is None and "no producer to publish it as" in unknown.last_error
+
+
+def test_the_relay_refuses_to_start_without_every_producers_credentials(settings):
+    settings.EVENTBUS_PUBLISHER_CREDENTIALS = "orders:secret"
+    settings.BROKER_PASSWORD_FILE = None
+    with pytest.raises(CommandError, match="EVENTBUS_PUBLISHER_CREDENTIALS has no password for inventory, payments"):
+        call_command("relay", "--name", "relay-1")
 
 
 @pytest.mark.integration
@@ -315,7 +389,7 @@ def test_two_relays_side_by_side_publish_every_row_exactly_once(route):
     # Given a few thousand committed rows
     count = 3000
     rows = OutboxMessage.objects.bulk_create(
-        OutboxMessage(event_id=uuid.uuid4(), event_type="test.Relayed.v1", exchange=route.exchange.name,
+        OutboxMessage(event_id=uuid.uuid4(), event_type="orders.OrderPlaced.v1", exchange=route.exchange.name,
                       routing_key=f"ok.{n}", body={"n": n})
         for n in range(count)
     )  # fmt: skip

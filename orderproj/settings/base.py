@@ -141,9 +141,10 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "orderpipe"),
-        # Callers fall back when Redis is away (API throttles, availability); a host that does not
-        # answer must not hold a request until the OS gives up on the connection.
-        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        # Callers fall back when Redis is away (API throttles, availability), so the timeouts are short:
+        # with Redis hung (SIGSTOP) every handler that refreshes the availability cache waits them out
+        # (seen with 2 s: 29 s per order).
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
     }
 }
 
@@ -164,7 +165,6 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = None  # eventbus.retention deletes task results, in batches, not celery.backend_cleanup
-CELERY_CACHE_BACKEND = "default"
 # Every handler is idempotent (inbox), so a message is acknowledged only once its work is done
 # and goes back to the queue when the process running it dies.
 CELERY_TASK_ACKS_LATE = True
@@ -187,7 +187,7 @@ CELERY_TASK_PUBLISH_RETRY = True
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
-    # The relay sweeps on its own; this catches rows it left behind while it was down.
+    # Wakes the relays, which publish rows left behind by one that died once its lease runs out.
     "sweep-outbox": {"task": "eventbus.sweep_outbox", "schedule": 30.0},
     "cancel-stale-orders": {"task": "orders.cancel_stale_orders", "schedule": 15.0},
     "release-stale-stock-holds": {"task": "inventory.release_stale_holds", "schedule": 60.0},
@@ -221,6 +221,8 @@ def task_queue(name: str) -> Queue:
         Exchange(name, type="topic", durable=True),
         routing_key=name,
         durable=True,
+        # Declared once, by `manage.py broker_setup`: the users that send to it or consume it may not declare it.
+        no_declare=True,
         queue_arguments={
             "x-queue-type": "quorum",
             "x-delivery-limit": TASK_QUEUE_DELIVERY_LIMIT,
@@ -294,7 +296,6 @@ EVENTBUS_QUEUE_DELIVERY_LIMIT = env_int("EVENTBUS_QUEUE_DELIVERY_LIMIT", 20)
 EVENTBUS_INTAKE_PREFETCH = env_int("EVENTBUS_INTAKE_PREFETCH", 64)
 EVENTBUS_RELAY_BATCH = env_int("EVENTBUS_RELAY_BATCH", 500)
 EVENTBUS_RELAY_POLL_SECONDS = float(os.environ.get("EVENTBUS_RELAY_POLL_SECONDS", "1"))
-EVENTBUS_RELAY_SWEEP_AGE_SECONDS = float(os.environ.get("EVENTBUS_RELAY_SWEEP_AGE_SECONDS", "10"))
 # A relay's hold on the rows it publishes; it must outlast the confirm wait, or a slow batch goes out twice.
 EVENTBUS_RELAY_LEASE_SECONDS = float(os.environ.get("EVENTBUS_RELAY_LEASE_SECONDS", "30"))
 EVENTBUS_RELAY_CONFIRM_TIMEOUT_SECONDS = float(os.environ.get("EVENTBUS_RELAY_CONFIRM_TIMEOUT_SECONDS", "20"))
@@ -302,6 +303,21 @@ EVENTBUS_RELAY_MAX_ATTEMPTS = env_int("EVENTBUS_RELAY_MAX_ATTEMPTS", 10)  # then
 # Encrypts secrets inside events: comma-separated keys, the first seals, all unseal (see eventbus.sealing).
 EVENTBUS_SEAL_KEY = os.environ.get("EVENTBUS_SEAL_KEY", "")
 EVENTBUS_SEAL_KEY_FILE: Path | None = None  # where the key is kept (and made) when EVENTBUS_SEAL_KEY is empty
+# Broker identities (eventbus.identities; README, "Security"). The relay publishes each producer's events as
+# that producer's broker user: `orders:<password>,inventory:<password>,payments:<password>`.
+EVENTBUS_PUBLISHER_CREDENTIALS = os.environ.get("EVENTBUS_PUBLISHER_CREDENTIALS", "")
+# Dead-letter as `forged` an event, or a handler task, that the broker user allowed to send it did not send.
+EVENTBUS_VERIFY_PUBLISHER = env_bool("EVENTBUS_VERIFY_PUBLISHER", True)
+# Read by `manage.py broker_setup` and `broker_subscriber` only: the administrator's AMQP URL (its vhost is
+# the one they set up), and the passwords broker_setup gives the pipeline's users.
+BROKER_ADMIN_URL = os.environ.get("BROKER_ADMIN_URL", "")
+BROKER_PASSWORDS = {
+    "ops": os.environ.get("BROKER_PASSWORD_OPS", ""),
+    "orders": os.environ.get("BROKER_PASSWORD_ORDERS", ""),
+    "inventory": os.environ.get("BROKER_PASSWORD_INVENTORY", ""),
+    "payments": os.environ.get("BROKER_PASSWORD_PAYMENTS", ""),
+}
+BROKER_PASSWORD_FILE: Path | None = None  # where passwords missing above are kept (and made): local stacks
 # Retention (eventbus.retention): rows that have served their purpose are deleted after these
 # windows. The inbox window must outlive every redelivery; `manage.py check` says when it is too short.
 EVENTBUS_RETENTION_OUTBOX_SENT = env_duration("EVENTBUS_RETENTION_OUTBOX_SENT", "7d")

@@ -24,7 +24,7 @@ class Command(BaseCommand):
         show.add_argument("id", type=int)
         replay = sub.add_parser("replay", help="publish again to the original event queue")
         replay.add_argument("ids", type=int, nargs="*")
-        replay.add_argument("--all", action="store_true", help="every dead letter not replayed yet")
+        replay.add_argument("--all", action="store_true", help="every dead letter not replayed yet, but forged ones")
         replay.add_argument("--body-file", type=Path, help="a corrected JSON body to send instead (one id only)")
         purge = sub.add_parser("purge", help="delete dead letters")
         purge.add_argument("ids", type=int, nargs="*")
@@ -69,11 +69,19 @@ class Command(BaseCommand):
                 raise CommandError(f"cannot read {body_file}: {error.strerror or error}") from None
             except ValueError as error:  # UnicodeDecodeError included
                 raise CommandError(f"{body_file} is not valid JSON: {error}") from None
-        rows = [self._get(pk) for pk in ids] if ids else list(DeadLetter.objects.filter(replayed_at__isnull=True))
+        pending = DeadLetter.objects.filter(replayed_at__isnull=True).exclude(reason=DeadLetter.Reason.FORGED)
+        rows = [self._get(pk) for pk in ids] if ids else list(pending)
+        refused = []
         with current_app.connection_for_write() as connection:
             for row in rows:
-                queue = deadletters.replay(row, connection, body=body)
+                try:
+                    queue = deadletters.replay(row, connection, body=body)
+                except deadletters.NotReplayable as error:
+                    refused.append(str(error))
+                    continue
                 self.stdout.write(f"replayed #{row.pk} to {queue}")
+        if refused:
+            raise CommandError("\n".join(refused))
 
     def _purge(self, *, ids: list[int], replayed: bool, **_: object) -> None:
         if not ids and not replayed:

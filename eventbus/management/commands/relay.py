@@ -3,7 +3,8 @@
 import signal
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
 
 from eventbus.outbox_claims import outbox_unblock
 from eventbus.relay import Relay, relay_name, sweep
@@ -34,10 +35,13 @@ class Command(BaseCommand):
         if unblock:
             self.stdout.write(f"unblocked {outbox_unblock(ids=unblock)} of {len(unblock)} row(s)")
             return
-        if once:
-            self.stdout.write(f"published {sweep(limit=batch, name=name)} event(s)")
-            return
-        relay = Relay(name=name, batch_size=batch, poll_seconds=poll)
+        try:
+            if once:
+                self.stdout.write(f"published {sweep(limit=batch, name=name)} event(s)")
+                return
+            relay = Relay(name=name, batch_size=batch, poll_seconds=poll)
+        except ImproperlyConfigured as error:  # the producers' credentials are missing
+            raise CommandError(str(error)) from None
         signal.signal(signal.SIGTERM, relay.stop)
         signal.signal(signal.SIGINT, relay.stop)
         relay.run()
