@@ -7,8 +7,9 @@ from kombu import Connection
 
 from bench.procstats import TreeSample, sample_tree
 from devstack import pipeline
+from devstack.brokers import StackError
 from devstack.config import StackConfig
-from devstack.stack import Stack, expected_consumers
+from devstack.stack import Stack, expected_consumers, queue_state
 
 RELAY = "relay"
 
@@ -66,14 +67,10 @@ class BenchStack(Stack):
         """(ready messages, consumers) of `queue`, straight from the broker (no statistics delay)."""
         if self._queries is None:
             self._queries = Connection(self.config.broker_url)
-        try:
-            _, messages, consumers = self._queries.default_channel.queue_declare(queue=queue, passive=True)
-        except Exception:
-            # A missing queue closes the channel; the next question gets a fresh connection.
-            self._queries.release()
-            self._queries = None
-            raise
-        return messages, consumers
+        state = queue_state(self._queries, queue)
+        if state is None:
+            raise StackError(f"queue {queue} does not exist")
+        return state
 
     def purge(self, queues: list[str]) -> None:
         with Connection(self.config.broker_url) as connection:

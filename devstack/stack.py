@@ -268,18 +268,20 @@ def _let_postgres_through(run_dir: Path) -> None:
         )
 
 
+def queue_state(connection: Connection, queue: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of `queue`, straight from the broker (a passive declare: no statistics
+    delay); None when the queue does not exist (yet)."""
+    try:
+        _, messages, consumers = connection.default_channel.queue_declare(queue=queue, passive=True)
+    except connection.channel_errors:
+        connection.close()  # the failed declare closed the channel; the next question reconnects
+        return None
+    return messages, consumers
+
+
 def queue_consumers(connection: Connection, queues: list[str]) -> dict[str, int | None]:
-    """Consumers per queue, straight from the broker (a passive declare: no statistics delay); None when
-    the queue does not exist (yet)."""
-    found: dict[str, int | None] = {}
-    for queue in queues:
-        try:
-            _, _, consumers = connection.default_channel.queue_declare(queue=queue, passive=True)
-            found[queue] = consumers
-        except connection.channel_errors:
-            found[queue] = None  # not declared yet; the failed declare closed the channel
-            connection.close()
-    return found
+    """Consumers per queue; None when the queue does not exist (yet)."""
+    return {queue: state[1] if (state := queue_state(connection, queue)) else None for queue in queues}
 
 
 def wait_consuming(

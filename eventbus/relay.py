@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 import redis
 from celery import Celery, current_app
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import transaction
 from kombu import Connection
 
 from eventbus.contracts import UnknownEventType
 from eventbus.envelope import CONTENT_TYPE
+from eventbus.handling import reconnect_database
 from eventbus.identities import producers, publisher_of, publisher_passwords, service_user, url_as
 from eventbus.models import OutboxMessage
 from eventbus.outbox import nudge_channel
@@ -196,7 +197,7 @@ class Relay:
                 delay = min(delay * 2, 5.0)
                 # Closed, not just checked: a SQLite connection opened while the file could not be
                 # written stays read-only, and Django's check (close_old_connections) keeps it.
-                connections.close_all()
+                reconnect_database()
 
     def _loop(self, publishers: Publishers) -> None:
         while not self._stop:
