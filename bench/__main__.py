@@ -2,7 +2,8 @@
 
 In one run, on a stack of its own (RabbitMQ, Redis and a fresh database under --run-dir, on private
 ports): raw confirmed publishes, the outbox relay alone, saturation with N orders, open-loop latency
-at 25/50/75% of saturation, bare Celery no-op tasks with the same workers. Prints a table and writes
+at 25/50/75% of saturation, the same N orders through the saga written the plain Celery way, bare
+Celery no-op tasks with the same workers. Prints a table and writes
 bench/results/<timestamp>.json and .png. Everything it started is stopped at the end, on error too.
 """
 
@@ -20,12 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.plain import QUEUE_NAMES as PLAIN_QUEUES
 from bench.stack import BenchStack, consumed, pipeline_names
 from devstack.brokers import StackError, say
 from devstack.config import ROOT, StackConfig
 
 RESULTS = ROOT / "bench" / "results"
-SKIPPABLE = ("raw", "relay", "latency", "celery")
+SKIPPABLE = ("raw", "relay", "latency", "plain", "celery")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -151,29 +153,45 @@ def run(stack: BenchStack, args: argparse.Namespace, result: dict[str, Any]) -> 
     pipeline_phases(stack, mix, args, result)
     stack.stop_procs(pipeline_names())
 
+    if "plain" not in args.skip:
+        say(f"bench: the plain Celery saga, a worker x 2 on each of {', '.join(PLAIN_QUEUES)}")
+        result["plain_celery"] = plain_phase(stack, mix.skus, args)
+
     if "celery" not in args.skip:
         workers = len(consumed())
         say(f"bench: bare Celery, {args.noop_tasks} no-op tasks on {workers} workers x 2")
         result["bare_celery"] = baselines.bare_celery(stack, tasks=args.noop_tasks, workers=workers, concurrency=2)
 
 
-def pipeline_phases(stack: BenchStack, mix: Any, args: argparse.Namespace, result: dict[str, Any]) -> None:
-    """Warm-up, saturation, open-loop latency, then the optional profile and memory runs."""
+def measured_saturation(
+    stack: BenchStack, mix: Any, args: argparse.Namespace, *, queues: list[str] | None = None
+) -> tuple[dict[str, Any], dict, dict, dict[str, float]]:
+    """Warm-up, then saturation with the CPU of every process and of the bench process; returns the
+    saturation results, the samples before and after it, and CPU seconds per process."""
     from bench import workload
 
     if args.warmup_orders:
         say(f"bench: warm-up, {args.warmup_orders} orders")
         workload.saturation(stack, mix, args.warmup_orders, stall_timeout=args.stall_timeout)
-        workload.wait_quiet(stack)
+        workload.wait_quiet(stack, queues=queues)
     first = stack.sample()
-    say(f"bench: saturation, {args.orders} orders as fast as order_place accepts them")
+    say(f"bench: saturation, {args.orders} orders as fast as they are accepted")
     saturation = workload.saturation(stack, mix, args.orders, stall_timeout=args.stall_timeout)
     during = stack.sample()
-    workload.wait_quiet(stack)
+    workload.wait_quiet(stack, queues=queues)
     cpu = {name: during[name].cpu_s - first[name].cpu_s for name in during if name in first}
     saturation["cpu_ms_per_order"] = 1000 * (sum(cpu.values()) + saturation["bench_process_cpu_s"]) / args.orders
+    rate, cpu_ms = saturation["orders_per_s"], saturation["cpu_ms_per_order"]
+    say(f"bench: saturation {rate:.1f} orders/s, {cpu_ms:.1f} ms CPU per order")
+    return saturation, first, during, cpu
+
+
+def pipeline_phases(stack: BenchStack, mix: Any, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Warm-up, saturation, open-loop latency, then the optional profile and memory runs."""
+    from bench import workload
+
+    saturation, first, during, cpu = measured_saturation(stack, mix, args)
     result["saturation"] = saturation
-    say(f"bench: saturation {saturation['orders_per_s']:.1f} orders/s")
 
     result["latency"] = []
     fractions = [] if "latency" in args.skip else [float(f) for f in args.fractions.split(",") if f]
@@ -206,6 +224,25 @@ def pipeline_phases(stack: BenchStack, mix: Any, args: argparse.Namespace, resul
             stack, mix, args.memory_orders, window=args.memory_window,
             stall_timeout=args.stall_timeout, workers=list(consumed()),
         )  # fmt: skip
+
+
+def plain_phase(stack: BenchStack, skus: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Warm-up and saturation with the pipeline's orders (same products, seed and count), placed by the
+    plain saga's order_place and run by its workers (one per queue, 2 processes each), measured as the
+    pipeline's saturation is."""
+    from bench import workload
+    from bench.plain.tasks import order_place
+
+    mix = workload.OrderMix(skus, args.seed, place_order=order_place)
+    names = stack.start_plain_workers(concurrency=2)
+    try:
+        saturation, _, _, cpu = measured_saturation(stack, mix, args, queues=list(PLAIN_QUEUES))
+    finally:
+        stack.stop_procs(names)
+    saturation["workers"], saturation["concurrency"] = len(names), 2
+    saturation["cpu_s"] = {name: round(value, 2) for name, value in cpu.items()}
+    saturation["cpu_s"]["bench (order_place, polls)"] = round(saturation["bench_process_cpu_s"], 2)
+    return saturation
 
 
 def _process_rows(first: dict, during: dict, end: dict, cpu: dict[str, float]) -> dict[str, dict]:

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 TARGETS = {
+    "orders_vs_plain_celery": (">=", 2.0),
+    "cpu_per_order_vs_noop": ("<=", 25.0),
     "orders_vs_bare_celery": (">=", 0.2),
     "relay_vs_confirm_each": (">=", 3.0),
+    "p50_ms_at_25pct": ("<=", 45.0),
     "p50_ms_at_50pct": ("<=", 60.0),
     "p99_ms_at_50pct": ("<=", 250.0),
     "worker_memory_growth": ("<=", 0.10),
@@ -19,14 +22,19 @@ TARGETS = {
 def ratios(result: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets as measured ratios and values; reported, never asserted."""
     out: dict[str, Any] = {}
-    saturation, bare = result.get("saturation"), result.get("bare_celery")
+    saturation, bare, plain = result.get("saturation"), result.get("bare_celery"), result.get("plain_celery")
+    if saturation and plain:
+        out["orders_vs_plain_celery"] = saturation["orders_per_s"] / plain["orders_per_s"]
     if saturation and bare:
+        out["cpu_per_order_vs_noop"] = saturation["cpu_ms_per_order"] / bare["cpu_ms_per_task"]
         out["orders_vs_bare_celery"] = saturation["orders_per_s"] / bare["tasks_per_s"]
     relay, raw = result.get("relay_alone"), result.get("raw_publish")
     if relay and raw:
         out["relay_vs_confirm_each"] = relay["events_per_s"] / raw["confirm_each_per_s"]
-    half = next((phase for phase in result.get("latency", []) if phase["fraction"] == 0.5), None)
-    if half:
+    phases = {phase["fraction"]: phase for phase in result.get("latency", [])}
+    if quarter := phases.get(0.25):
+        out["p50_ms_at_25pct"] = quarter["latency"]["p50_ms"]
+    if half := phases.get(0.5):
         out["p50_ms_at_50pct"] = half["latency"]["p50_ms"]
         out["p99_ms_at_50pct"] = half["latency"]["p99_ms"]
     growth = result.get("memory", {}).get("growth") or result.get("worker_memory_growth")
@@ -92,6 +100,14 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  {'  CPU per order, all processes (ms)':<50}{sat['cpu_ms_per_order']:>14.1f}")
         if bare:
             lines.append(f"  {'  CPU per no-op task, workers + broker (ms)':<50}{bare['cpu_ms_per_task']:>14.2f}")
+    plain = result.get("plain_celery")
+    if plain:
+        label = f"plain Celery saga ({_n(plain['orders'])} orders, {plain['workers']} workers x {plain['concurrency']})"
+        lines.append(f"  {label:<50}{_n(plain['orders_per_s'], 1):>14} orders/s")
+        lines.append(f"  {'  order_place accepted':<50}{_n(plain['placement_per_s']):>14} orders/s")
+        lines.append(f"  {'  CPU per order, all processes (ms)':<50}{plain['cpu_ms_per_order']:>14.1f}")
+        per_order = ", ".join(f"{name} {1000 * cpu / plain['orders']:.1f}" for name, cpu in plain["cpu_s"].items())
+        lines.append(f"    ms/order: {per_order}")
     if result.get("latency"):
         lines.append("")
         header = f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'n':>7}{'lost':>6}"
@@ -133,6 +149,9 @@ def table(result: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"{'Targets (the issue; reported, not asserted)':<48}{'measured':>12}{'target':>10}")
     labels = {
+        "orders_vs_plain_celery": "orders/s / plain Celery saga orders/s",
+        "cpu_per_order_vs_noop": "CPU per order / CPU per no-op task",
+        "p50_ms_at_25pct": "p50 at 25% of saturation (ms)",
         "orders_vs_bare_celery": "orders/s / bare Celery tasks/s",
         "relay_vs_confirm_each": "relay events/s / confirm-each publishes/s",
         "p50_ms_at_50pct": "p50 at 50% of saturation (ms)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from kombu import Connection
 
+from bench.plain import QUEUE_NAMES as PLAIN_QUEUES
 from bench.procstats import TreeSample, sample_tree
 from devstack import pipeline
 from devstack.brokers import StackError
@@ -46,6 +47,20 @@ class BenchStack(Stack):
             argv = ["celery", "-A", "bench.noop", "worker", "-Q", "bench.noop", "-n", f"{name}@%h",
                     "--concurrency", str(concurrency), "-l", "WARNING"]  # fmt: skip
             self.processes.start(name, argv)
+        return names
+
+    def start_plain_workers(self, concurrency: int = 2) -> list[str]:
+        """One worker per queue of the plain Celery saga, with the project's Celery settings (bench.plain.app).
+        They connect as the stack's administrator, as the bench does: the pipeline's users may touch only
+        their own queues, and the plain saga is one application on one broker user."""
+        names = []
+        for queue in PLAIN_QUEUES:
+            name = queue.replace(".", "-")
+            argv = [pipeline.PYTHON, "-m", "celery", "-A", "bench.plain.app", "worker", "-Q", queue, "-n", f"{name}@%h",
+                    "--concurrency", str(concurrency), "-l", "WARNING", "-E"]  # fmt: skip
+            self.processes.start(name, argv)
+            names.append(name)
+        self.wait_consuming(dict.fromkeys(PLAIN_QUEUES, 1))
         return names
 
     def stop_procs(self, names: list[str] | None = None) -> None:

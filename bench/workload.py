@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -50,10 +51,12 @@ def seed_products(count: int) -> list[str]:
 
 @dataclass
 class OrderMix:
-    """A seeded stream of orders of 1 to 4 distinct products, 1 to 3 of each, paid with `tok_visa`."""
+    """A seeded stream of orders of 1 to 4 distinct products, 1 to 3 of each, paid with `tok_visa`, placed
+    with `place_order` (the pipeline's order_place, or the plain saga's)."""
 
     skus: list[str]
     seed: int
+    place_order: Callable[..., Order] = order_place
     placed: int = 0
     rng: random.Random = field(init=False)
 
@@ -63,7 +66,7 @@ class OrderMix:
     def place(self) -> Order:
         lines = [LineRequest(sku, self.rng.randint(1, 3)) for sku in self.rng.sample(self.skus, self.rng.randint(1, 4))]
         self.placed += 1
-        return order_place(customer_email=f"bench{self.placed}@example.com", payment_token=TOKEN, items=lines)
+        return self.place_order(customer_email=f"bench{self.placed}@example.com", payment_token=TOKEN, items=lines)
 
 
 def histogram(values_ms: list[float]) -> HdrHistogram:
@@ -120,9 +123,11 @@ def wait_decided(stack: BenchStack, *, since: datetime, expected: int, stall_tim
         time.sleep(0.2)
 
 
-def wait_quiet(stack: BenchStack, *, timeout: float = 180) -> None:
+def wait_quiet(stack: BenchStack, *, timeout: float = 180, queues: list[str] | None = None) -> None:
     """Wait until the sagas are over, not just decided: every event sent, payments captured, stock
-    committed. The next phase then starts on an idle pipeline."""
+    committed, `queues` (default: the pipeline's) empty. The next phase then starts on an idle pipeline."""
+    if queues is None:
+        queues = [queue for consumed_queues in consumed().values() for queue in consumed_queues]
     deadline = time.monotonic() + timeout
     while True:
         left = {
@@ -131,7 +136,7 @@ def wait_quiet(stack: BenchStack, *, timeout: float = 180) -> None:
             "authorized payments": Payment.objects.filter(status=Payment.Status.AUTHORIZED).count(),
             "held reservations": Reservation.objects.filter(status=Reservation.Status.HELD).count(),
         }
-        ready = {queue: stack.queue_state(queue)[0] for queues in consumed().values() for queue in queues}
+        ready = {queue: stack.queue_state(queue)[0] for queue in queues}
         if not any(left.values()) and not any(ready.values()):
             return
         stack.check_alive()

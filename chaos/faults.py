@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import queue
 import random
 import signal
@@ -29,6 +28,7 @@ from django.db import close_old_connections
 from kombu import Connection
 
 from chaos.kinds import KINDS
+from chaos.poison import PICKLE, Poison, order_placed, poison_batch
 from chaos.stack import ARCHIVE_QUEUES, ChaosStack
 from devstack.processes import child_pids
 from devstack.stack import wait_consuming
@@ -38,7 +38,6 @@ from eventbus.models import OutboxMessage
 from eventbus.passwords import ADMIN
 
 logger = logging.getLogger(__name__)
-PICKLE = "application/x-python-serialize"
 CHATTR = "/usr/bin/chattr"  # e2fsprogs, on every Debian system
 # The queues bound to `orders.events` with `order.placed`: each takes its own copy of every poison message.
 POISON_QUEUES = ("inventory.events", "payments.events")
@@ -52,25 +51,6 @@ class Fault:
     offset: float
     detail: str = ""
     failed: bool = False
-
-
-class Unpickled:
-    """Unpickling this creates the marker file: the proof that a pickle body was deserialized."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-@dataclass
-class Poison:
-    token: str
-    what: str
-    body: bytes
-    content_type: str
-    published: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def schedule(*, orders: int, rounds: int, rng: random.Random, kinds: list[str]) -> dict[int, list[str]]:
@@ -290,22 +270,10 @@ class Injector:
         return f"published {len(batch)} poison messages ({', '.join(p.what for p in batch)}) to orders.events"
 
     def _poison_batch(self, token: str) -> list[Poison]:
-        envelope = {
-            "specversion": "1.0", "id": "", "source": "/orders", "type": "orders.OrderPlaced.v1",
-            "time": "2026-11-29T12:00:00Z", "datacontenttype": "application/json", "correlationid": token,
-            "data": {"orderId": str(uuid.uuid4()), "items": [], "totalAmount": "1.00", "currency": "USD",
-                     "timestamp": "2026-11-29T12:00:00Z", "paymentToken": "sealed:x"},
-        }  # fmt: skip
-        wrong_schema = {**envelope, "id": f"{token}-schema"}
-        unknown_type = {**envelope, "id": f"{token}-type", "type": "orders.OrderTeleported.v1"}
-        marker = self.stack.config.run_dir / f"unpickled-{token}-pickle"
-        return [
-            Poison(f"{token}-malformed", "malformed JSON", f'{{"id": "{token}-malformed", "specversion": '.encode(),
-                   CONTENT_TYPE),
-            Poison(f"{token}-schema", "wrong schema", json.dumps(wrong_schema).encode(), CONTENT_TYPE),
-            Poison(f"{token}-type", "unknown type", json.dumps(unknown_type).encode(), CONTENT_TYPE),
-            Poison(f"{token}-pickle", "pickle", pickle.dumps(Unpickled(marker)), PICKLE),
-        ]  # fmt: skip
+        # No copy of the event is ever handled (each is poison), so its payment token needs no real seal.
+        unsealed = "sealed:x"
+        event = order_placed(event_id=f"{token}-valid", order_id=str(uuid.uuid4()), sku="P001", payment_token=unsealed)
+        return poison_batch(token=token, event=event, marker_dir=self.stack.config.run_dir)
 
     def _busiest_leader(self) -> tuple[int, str]:
         """The node leading the queue with the most messages (the archive of unsubscribed events aside),

@@ -8,6 +8,8 @@ class EventbusConfig(AppConfig):
 
     def ready(self) -> None:
         from eventbus import retention, worker  # noqa: F401  (its system check; the worker start-up signal)
+        from eventbus.handling import register_tasks
 
-        # Contracts and subscriptions register themselves on import; topology and tasks follow.
+        # Contracts and subscriptions register themselves on import; the handlers' tasks follow from them.
         autodiscover_modules("events", "handlers")
+        register_tasks()

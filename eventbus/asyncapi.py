@@ -166,9 +166,10 @@ def _server() -> dict[str, Any]:
         "protocolVersion": "0.9.1",
         "description": (
             "RabbitMQ. `make run` starts it on loopback; the port follows RABBITMQ_PORT. A subscriber\n"
-            "connects with credentials of its own (`manage.py broker_subscriber <name>`), declares\n"
-            "and binds queues named `sub-<name>.*`, and reads them. Every event carries the AMQP\n"
-            "`user_id` of its producer, which RabbitMQ checks: trust an event only from its producer."
+            "connects with credentials of its own and reads the queues `sub-<name>.*` that the\n"
+            "administrator declares and binds for it (`manage.py broker_subscriber <name> --queue\n"
+            "<suffix> --event <type>`). Every event carries the AMQP `user_id` of its producer, which\n"
+            "RabbitMQ checks: trust an event only from its producer."
         ),
         "variables": {
             "host": {"default": "127.0.0.1"},

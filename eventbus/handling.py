@@ -1,8 +1,12 @@
-"""Running one handler on one event: inbox for exactly-once effects, retries for transient errors.
+"""Running handlers on events: inbox for exactly-once effects, retries for transient errors.
 
 The handler's effect, the events it publishes and its inbox row commit in one transaction, so a
-duplicate delivery finds the inbox row and does nothing. A task that did not succeed leaves its
-process to reconnect to the database, so a worker outlives a database outage by itself.
+duplicate delivery finds the inbox row and does nothing. Each handler is a Celery task of its own,
+`<service>.<function>`, which handles one event; events that were waiting together go to one
+`<service>.handle_batch` task instead (eventbus.intake forms them), where each (handler, event) runs
+in a savepoint of its own: one that fails takes back only its own work and is retried alone, as
+its handler's task. A task that did not succeed leaves its process to reconnect to the database,
+so a worker outlives a database outage by itself.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ from __future__ import annotations
 import contextvars
 import logging
 import random
+import time
 import traceback
 from typing import Any
 
 import kombu.exceptions
 import redis
-from celery import Task, states
+from celery import Task, shared_task, states
 from celery.exceptions import Reject
 from celery.signals import task_internal_error, task_postrun, task_prerun
 from django.conf import settings
@@ -32,11 +37,13 @@ from pydantic import ValidationError
 
 from eventbus import deadletters
 from eventbus.authenticity import ForgedMessage, check_task_sender
+from eventbus.contracts import UnknownEventType
 from eventbus.envelope import CloudEvent, PoisonMessage, from_dict
+from eventbus.errors import EventExpired, PermanentError, TransientError
 from eventbus.models import DeadLetter, InboxMessage
 from eventbus.outbox import HopLimitExceeded, current_event
 from eventbus.retention import event_expired
-from eventbus.subscriptions import Handler
+from eventbus.subscriptions import Handler, Subscriber, subscribers
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +51,8 @@ logger = logging.getLogger(__name__)
 _attempt: contextvars.ContextVar[int] = contextvars.ContextVar("delivery_attempt", default=1)
 
 
-class TransientError(Exception):
-    """Raised by a handler for a failure that may pass: a gateway timeout, a service briefly down."""
-
-
-class PermanentError(Exception):
-    """Raised by a handler for a failure that retrying cannot fix."""
-
-
-class EventExpired(PermanentError):
-    """An event older than the inbox window allows: a duplicate of it could no longer be recognised."""
-
-
-PERMANENT = (PermanentError, PoisonMessage, ValidationError, HopLimitExceeded, LookupError)
+# A programming error (KeyError, say) is not among them: it is retried, with its traceback logged.
+PERMANENT = (PermanentError, PoisonMessage, ValidationError, HopLimitExceeded, UnknownEventType)
 # The database is away, restarting or refusing writes (PostgreSQL's read-only mode is an InternalError).
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, InternalError)
 TRANSIENT = (
@@ -99,10 +95,8 @@ def run_handler(task: HandlerTask, handler: Handler, raw_event: dict[str, Any]) 
         if not task.request.called_directly:  # delivered by the broker, not called in-process
             check_task_sender(handler.service, task.request.properties)
         event = from_dict(raw_event)
-        if event_expired(event.time) and not _handled(handler, event):
-            # Retention may have deleted the inbox row of an earlier handling (see eventbus.retention).
-            raise EventExpired(f"{event.type} {event.id} of {event.time} is older than the inbox window allows")
-        outcome = _apply_once(handler, event, task.request.id or "", attempt=attempt + 1)
+        _refuse_expired(handler, event)
+        outcome = apply_once(handler, event, task.request.id or "", attempt=attempt + 1)
         return {"outcome": outcome, "attempt": attempt + 1}
     except ForgedMessage as error:
         _dead_letter(task, handler, raw_event, error, DeadLetter.Reason.FORGED, attempt + 1)
@@ -118,14 +112,129 @@ def run_handler(task: HandlerTask, handler: Handler, raw_event: dict[str, Any]) 
             _dead_letter(task, handler, raw_event, error, DeadLetter.Reason.EXHAUSTED, attempt + 1)
             raise
         delay = backoff(attempt)
-        # An unexpected error is treated as possibly transient too, within the same attempt budget,
-        # but logged with its traceback.
-        log = logger.warning if isinstance(error, TRANSIENT) else logger.exception
-        log("%s: %s on attempt %d, retrying in %ds", handler.name, error, attempt + 1, delay)
+        _log_retry(handler, error, attempt + 1, delay)
         raise task.retry(exc=error, countdown=delay, max_retries=None) from error
 
 
-def _apply_once(handler: Handler, event: CloudEvent, task_id: str, *, attempt: int = 1) -> str:
+def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Handle events of `subscriber` that were waiting together, in one transaction: each (handler, event)
+    in a savepoint of its own, with its own inbox row. A handler that fails takes back only its own work:
+    when retrying may help, it goes on alone as its handler's own task (attempt 2); when it cannot, its
+    event goes to the dead-letter store. Should the transaction as a whole fail (the database away), every
+    event goes on alone. The result lists each event and what each handler did with it."""
+    if not task.request.called_directly:
+        try:
+            check_task_sender(subscriber.service, task.request.properties)
+        except ForgedMessage as error:
+            for raw in raw_events:
+                _store_dead_letter(subscriber.batch_task, subscriber.task_queue, raw, error, DeadLetter.Reason.FORGED)
+            raise
+    task_id = task.request.id or ""
+    retries: list[tuple[Handler, dict[str, Any]]] = []
+    try:
+        with transaction.atomic():
+            handled = [_batch_event(subscriber, raw, task_id, retries) for raw in raw_events]
+    except Exception as error:
+        logger.warning("%s: %s; its %d events go on one by one", subscriber.batch_task, error, len(raw_events))
+        pairs = [(h, raw) for raw in raw_events for h in subscriber.handlers_for(str(raw.get("type", "")))]
+        _send_alone(task, pairs, retries=0)
+        return {"split": f"{type(error).__name__}: {error}", "events": len(raw_events)}
+    _send_alone(task, retries, retries=1)
+    return {"events": handled}
+
+
+def _batch_event(
+    subscriber: Subscriber, raw: dict[str, Any], task_id: str, retries: list[tuple[Handler, dict[str, Any]]]
+) -> dict[str, Any]:
+    try:
+        event = from_dict(raw)
+    except PoisonMessage as error:  # the intake checked it: a batch written by hand
+        _store_dead_letter(subscriber.batch_task, subscriber.task_queue, raw, error, DeadLetter.Reason.POISON)
+        return {"id": str(raw.get("id", "")), "poison": str(error)}
+    outcomes = {}
+    for handler in subscriber.handlers_for(event.type):
+        outcomes[handler.name] = _batch_apply(handler, event, raw, task_id, retries)
+    return {"id": event.id, "type": event.type, "handlers": outcomes}
+
+
+def _batch_apply(
+    handler: Handler,
+    event: CloudEvent,
+    raw: dict[str, Any],
+    task_id: str,
+    retries: list[tuple[Handler, dict[str, Any]]],
+) -> str:
+    try:
+        _refuse_expired(handler, event)
+        return apply_once(handler, event, task_id)  # a savepoint inside the batch's transaction
+    except DATABASE_UNAVAILABLE as error:
+        if not _lost_a_lock_race(error):
+            raise  # not this event's fault: the whole batch goes on one by one
+        # Batches running side by side lock rows in no common order; the database chose this event's
+        # savepoint to give way (its locks went with it). It goes on alone.
+        _log_retry(handler, error, 1, None)
+        retries.append((handler, raw))
+        return "retrying"
+    except EventExpired as error:
+        _store_dead_letter(handler.name, handler.task_queue, raw, error, DeadLetter.Reason.EXPIRED)
+    except PERMANENT as error:
+        _store_dead_letter(handler.name, handler.task_queue, raw, error, DeadLetter.Reason.PERMANENT)
+    except Exception as error:
+        _log_retry(handler, error, 1, None)
+        retries.append((handler, raw))
+        return "retrying"
+    return "dead-lettered"
+
+
+def _send_alone(task: HandlerTask, pairs: list[tuple[Handler, dict[str, Any]]], *, retries: int) -> None:
+    """Send each (handler, event) as that handler's own task, after `retries` tries, with backoff. Should the
+    broker refuse, the batch goes back to its queue to run again: what it committed, its inbox absorbs."""
+    try:
+        for handler, raw in pairs:
+            send_handler_task(task.app, handler, raw, retries=retries, countdown=backoff(retries))
+    except Exception as error:
+        logger.exception("could not send the events of a batch on one by one; the batch runs again")
+        time.sleep(1)  # no hot redelivery loop; the task queue's delivery limit bounds it too
+        raise Reject(error, requeue=True) from error
+
+
+def send_handler_task(app: Any, handler: Handler, raw_event: dict[str, Any], **options: Any) -> None:
+    """Send `raw_event` to `handler`'s own task, with the task id derived from both, on its service's queue."""
+    app.send_task(
+        handler.name,
+        args=[raw_event],
+        task_id=handler.task_id(str(raw_event.get("id", ""))),
+        queue=handler.task_queue,
+        routing_key=handler.task_queue,
+        exchange=handler.task_queue,
+        argsrepr=_events_repr([raw_event]),
+        **options,
+    )
+
+
+def send_batch_task(app: Any, subscriber: Subscriber, raw_events: list[dict[str, Any]]) -> None:
+    """Send events of `subscriber` that are waiting together to its batch task."""
+    queue = subscriber.task_queue
+    app.send_task(
+        subscriber.batch_task,
+        args=[raw_events],
+        queue=queue,
+        routing_key=queue,
+        exchange=queue,
+        argsrepr=_events_repr(raw_events),
+    )
+
+
+def _events_repr(raw_events: list[dict[str, Any]]) -> str:
+    # What Flower and the result backend show as the task's arguments: each event's type and id, not its
+    # whole body (Celery would otherwise format a shortened repr of every body, at some cost per task).
+    return "[" + ", ".join(f"{raw.get('type')} {raw.get('id')}" for raw in raw_events) + "]"
+
+
+def apply_once(handler: Handler, event: CloudEvent, task_id: str = "", *, attempt: int = 1) -> str:
+    """Apply `handler` to `event` unless it already was: `done`, or `duplicate` when its inbox row exists.
+    The handler's effect, the events it publishes and the inbox row commit together (inside a caller's
+    transaction, as a savepoint). What a worker runs, without the broker: tests call it to deliver by hand."""
     data = event.payload(handler.contract)
     token, attempt_token = current_event.set(event), _attempt.set(attempt)
     try:
@@ -140,7 +249,7 @@ def _apply_once(handler: Handler, event: CloudEvent, task_id: str, *, attempt: i
             )
             handler.function(data, event)
     except IntegrityError:
-        if InboxMessage.objects.filter(handler=handler.name, event_id=event.id).exists():
+        if _handled(handler, event):
             logger.info("%s: %s %s already handled, skipping duplicate", handler.name, event.type, event.id)
             return "duplicate"
         raise
@@ -150,23 +259,47 @@ def _apply_once(handler: Handler, event: CloudEvent, task_id: str, *, attempt: i
     return "done"
 
 
+def _lost_a_lock_race(error: BaseException) -> bool:
+    """A deadlock, serialization failure or lock timeout: the transaction is still usable once its savepoint
+    is rolled back (PostgreSQL's SQLSTATE; SQLite locks the whole database and has none of these)."""
+    return getattr(error.__cause__, "sqlstate", None) in {"40P01", "40001", "55P03"}
+
+
+def _refuse_expired(handler: Handler, event: CloudEvent) -> None:
+    if event_expired(event.time) and not _handled(handler, event):
+        # Retention may have deleted the inbox row of an earlier handling (see eventbus.retention).
+        raise EventExpired(f"{event.type} {event.id} of {event.time} is older than the inbox window allows")
+
+
 def _handled(handler: Handler, event: CloudEvent) -> bool:
     return InboxMessage.objects.filter(handler=handler.name, event_id=event.id).exists()
+
+
+def _log_retry(handler: Handler, error: BaseException, attempt: int, delay: int | None) -> None:
+    # An unexpected error is retried too, within the same attempt budget, but logged with its traceback.
+    log = logger.warning if isinstance(error, TRANSIENT) else logger.exception
+    log("%s: %s on attempt %d, retrying%s", handler.name, error, attempt, f" in {delay}s" if delay else "")
+
+
+def _store_dead_letter(
+    handler: str, queue: str, raw_event: Any, error: BaseException, reason: str, attempts: int = 1
+) -> None:
+    deadletters.store(
+        reason=reason,
+        queue=queue,
+        handler=handler,
+        body=raw_event if isinstance(raw_event, dict) else str(raw_event),
+        error=f"{type(error).__name__}: {error}",
+        traceback="".join(traceback.format_exception(error)),
+        attempts=attempts,
+    )
 
 
 def _dead_letter(
     task: HandlerTask, handler: Handler, raw_event: dict[str, Any], error: BaseException, reason: str, attempts: int
 ) -> None:
     try:
-        deadletters.store(
-            reason=reason,
-            queue=f"{handler.service}.tasks",
-            handler=handler.name,
-            body=raw_event,
-            error=f"{type(error).__name__}: {error}",
-            traceback="".join(traceback.format_exception(error)),
-            attempts=attempts,
-        )
+        _store_dead_letter(handler.name, handler.task_queue, raw_event, error, reason, attempts)
     except DATABASE_UNAVAILABLE as db_error:
         # Not the event's fault: the handler runs again later, and once the database is back it
         # succeeds or its dead letter is stored. (A rejection would not do: Celery's main process
@@ -183,6 +316,31 @@ def _dead_letter(
         # the message to `<queue>.dlq`, and the intake files what it can of it.
         logger.exception("%s: could not store the dead letter; handing it to the broker", handler.name)
         raise Reject(db_error, requeue=False) from db_error
+
+
+# Task names already registered with Celery (register_tasks may run again for a subscriber added later).
+_registered: set[str] = set()
+
+
+def register_tasks() -> None:
+    """Make a Celery task of every handler (`<service>.<function>`) and of every subscriber's batch
+    (`<service>.handle_batch`). Run when the apps are ready; again for a subscriber declared later."""
+    for subscriber in subscribers():
+        if subscriber.batch_task not in _registered:
+            _register(subscriber.batch_task, run_batch, subscriber, run_batch.__doc__)
+        for handler in subscriber.handlers:
+            if handler.name not in _registered:
+                _register(handler.name, run_handler, handler, handler.function.__doc__)
+
+
+def _register(name: str, runner: Any, target: Subscriber | Handler, doc: str | None) -> None:
+    def task(self: HandlerTask, payload: Any) -> dict[str, Any]:
+        return runner(self, target, payload)
+
+    task.__name__ = name.rsplit(".", 1)[1]
+    task.__doc__ = doc
+    shared_task(name=name, bind=True, base=HandlerTask)(task)
+    _registered.add(name)
 
 
 def reconnect_database() -> None:

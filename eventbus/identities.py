@@ -9,11 +9,14 @@ it refuses when it differs from the connection's user. The users:
   producer's outbox rows. Writes its own events exchange and task exchange, reads its own queues.
 - `ops`: web, beat and Flower. Sends tasks (beat), reads queue statistics (management tag `monitoring`),
   replays dead letters (the default exchange). Never writes an events exchange.
-- `sub-<name>`: a third party's subscriber, which declares, binds and reads queues named `sub-<name>.*`.
+- `sub-<name>`: a third party's subscriber, which reads the queues named `sub-<name>.*` that the administrator
+  declares and binds for it (`manage.py broker_subscriber <name> --queue ... --event ...`).
 
 The permissions below are regexes RabbitMQ matches against exchange and queue names. It cannot tell an
-exchange from a queue of the same name: read on the exchange `inventory.events` (to bind to it) is read
-on the queue `inventory.events` too. README, "Security", says what that leaves open.
+exchange from a queue of the same name, and the event queues `inventory.events` and `payments.events` share
+their names with those producers' exchanges: read on the exchange `inventory.events`, which binding a queue to
+it takes, would be read on the queue `inventory.events` too. So no user but the administrator binds a queue to
+an events exchange, and a subscriber reads nothing but its own queues.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from eventbus.subscriptions import Subscriber, subscribers
 OPS = "ops"
 SUBSCRIBER_PREFIX = "sub-"
 SUBSCRIBER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+SUBSCRIBER_QUEUE_SUFFIX = re.compile(r"[a-z0-9][a-z0-9_-]{0,59}")  # no dot: `<queue>.dlq` is its dead letters'
 # Names Celery gives its own exchanges and queues: native delayed delivery (celery_delayed_N and
 # celery_delayed_delivery), task events (celeryev, celeryev.<uuid>), remote control (celery.pidbox,
 # reply.celery.pidbox, <node>.celery.pidbox, <uuid>.reply.celery.pidbox) and server-named queues.
@@ -44,6 +48,7 @@ CELERY_INFRASTRUCTURE = (
     r"amq\.gen-.+",
 )
 DEFAULT_EXCHANGE = "amq.default"  # how permissions name the exchange that routes to a queue by its name
+NOTHING = "^$"  # no exchange or queue has an empty name (the default exchange is `amq.default` here)
 
 
 @dataclass(frozen=True)
@@ -115,18 +120,21 @@ def subscriber_user(name: str) -> str:
 
 
 def subscriber_grant(name: str) -> Grant:
-    """Declare, bind and read its own queues; read (to bind to) every producer's events exchange. Nothing else:
-    no Celery infrastructure, no write on any exchange."""
-    user = subscriber_user(name)
-    own_queues = f"^{re.escape(user)}\\..+$"
-    exchanges = [f"{producer}.events" for producer in producers()]
-    return Grant(
-        user=user,
-        tags="",
-        configure=own_queues,
-        write=own_queues,
-        read=f"^({re.escape(user)}\\..+|{'|'.join(map(re.escape, exchanges))})$",
-    )
+    """Read (get, consume) its own queues `sub-<name>.*`, which the administrator declares and binds; nothing
+    else: no declare (a passive one needs no permission), no bind, no read of any exchange, no write."""
+    return Grant(user=subscriber_user(name), tags="", configure=NOTHING, write=NOTHING, read=subscriber_queues(name))
+
+
+def subscriber_queue_name(name: str, suffix: str) -> str:
+    """Subscriber `name`'s queue `sub-<name>.<suffix>`; its dead letters go to `sub-<name>.<suffix>.dlq`."""
+    if not SUBSCRIBER_QUEUE_SUFFIX.fullmatch(suffix):
+        raise ValueError(f"queue suffix {suffix!r}: use 1 to 60 lowercase letters, digits, dashes and underscores")
+    return f"{subscriber_user(name)}.{suffix}"
+
+
+def subscriber_queues(name: str) -> str:
+    """The regex of subscriber `name`'s queues, `sub-<name>.<anything>` (their `.dlq` too), anchored."""
+    return f"^{re.escape(subscriber_user(name))}\\..+$"
 
 
 def _regex(*names: str) -> str:

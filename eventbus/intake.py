@@ -1,17 +1,23 @@
 """The intake: a worker consumer step that turns each event on a service's queue into handler tasks.
 
-For every event on `<service>.events` it checks the envelope and the data against the contract,
-then sends one Celery task per subscribed handler, with a task id derived from (handler, event),
-and acknowledges the event only after the broker confirmed those tasks. What can never be
-handled goes to the dead-letter store at once; it is not retried. The same step files messages
-that RabbitMQ dead-lettered (delivery limit, rejection) from the service's `.dlq` queues.
+For every event on a service's event queue it checks the envelope, the data against the contract
+and the publisher, then hands the event to Celery: an event that arrives alone becomes one task per
+subscribed handler, with a task id derived from (handler, event); events that arrive while others
+are still being read (the worker is behind) go together, up to EVENTBUS_BATCH_MAX, to one
+`<service>.handle_batch` task (eventbus.handling.run_batch). So an idle pipeline waits for nothing,
+and a busy one pays Celery's cost per task once per batch. An event is acknowledged only after the
+broker confirmed the task that carries it. What can never be handled goes to the dead-letter store
+at once; it is not retried. The same step files messages that RabbitMQ dead-lettered (delivery
+limit, rejection) from the service's `.dlq` queues.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import select
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from celery import bootsteps
@@ -22,13 +28,15 @@ from kombu.message import Message
 
 from eventbus import deadletters
 from eventbus.authenticity import event_forgery
-from eventbus.envelope import PoisonMessage, parse
-from eventbus.handling import reconnect_database
+from eventbus.envelope import CloudEvent, PoisonMessage, parse
+from eventbus.handling import reconnect_database, send_batch_task, send_handler_task
 from eventbus.models import DeadLetter
-from eventbus.subscriptions import Subscriber, subscriber_for_task_queue
+from eventbus.subscriptions import Handler, Subscriber, subscriber_for_task_queue
 from eventbus.topology import dead_letter_queue, subscriber_queue
 
 logger = logging.getLogger(__name__)
+# The longest an event waits for others while the connection has more to read.
+HAND_OVER_WAIT_SECONDS = 0.002
 
 
 def consumed_subscribers(app) -> list[Subscriber]:
@@ -37,12 +45,25 @@ def consumed_subscribers(app) -> list[Subscriber]:
     return [s for s in (subscriber_for_task_queue(name) for name in selected) if s is not None]
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """An event checked and ready for its handlers, not yet acknowledged."""
+
+    event: CloudEvent
+    handlers: list[Handler]
+    message: Message
+
+
 class EventIntake(bootsteps.ConsumerStep):
     """Consume the event queue (and dead-letter queues) of every service this worker serves."""
 
     def __init__(self, parent, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.app = parent.app
+        self.worker_consumer = parent  # its event loop (hub) runs the hand-over once reading pauses
+        self.waiting: dict[str, list[Waiting]] = {}
+        self.socket = None
+        self.late_hand_over = None
 
     def get_consumers(self, channel) -> list[Consumer]:
         subscribers = consumed_subscribers(self.app)
@@ -64,7 +85,23 @@ class EventIntake(bootsteps.ConsumerStep):
             )
         if subscribers:
             logger.info("event intake consuming %s", ", ".join(s.queue for s in subscribers))
+        self.socket = getattr(getattr(channel, "connection", None), "sock", None)
         return consumers
+
+    def stop(self, parent) -> None:
+        self._forget_waiting()
+        super().stop(parent)
+
+    def shutdown(self, parent) -> None:
+        self._forget_waiting()
+        super().shutdown(parent)
+
+    def _forget_waiting(self) -> None:
+        # The deliveries of waiting events die with their channel: the broker delivers them again.
+        self.waiting.clear()
+        if self.late_hand_over is not None:
+            self.late_hand_over.cancel()
+            self.late_hand_over = None
 
     def on_event(self, subscriber: Subscriber, message: Message) -> None:
         close_old_connections()
@@ -83,22 +120,59 @@ class EventIntake(bootsteps.ConsumerStep):
             if forged := event_forgery(message, event.type):
                 self._dead_letter(subscriber, message, DeadLetter.Reason.FORGED, forged)
                 return
-            for handler in handlers:
-                self.app.send_task(
-                    handler.name,
-                    args=[event.to_dict()],
-                    task_id=handler.task_id(event.id),
-                    queue=subscriber.task_queue,
-                    routing_key=subscriber.task_queue,
-                    exchange=subscriber.task_queue,
-                )
         except Exception:
-            logger.exception("could not dispatch %s %s; it goes back to %s", event.type, event.id, subscriber.queue)
-            self._requeue_later(message)
+            logger.exception("could not check %s %s; it goes back to %s", event.type, event.id, subscriber.queue)
+            self._requeue_later([message])
             return
         if not handlers:
             logger.warning("%s receives %s but has no handler for it", subscriber.queue, event.type)
-        message.ack()
+            message.ack()
+            return
+        waiting = self.waiting.setdefault(subscriber.service, [])
+        waiting.append(Waiting(event, handlers, message))
+        if len(waiting) >= settings.EVENTBUS_BATCH_MAX or not self._more_to_read():
+            self.hand_over(subscriber)
+        elif self.late_hand_over is None:
+            # More frames are waiting, likely more events: the next on_event decides. Should they be
+            # something else (task messages share the connection), a timer hands the events over.
+            hub = getattr(self.worker_consumer, "hub", None)
+            if hub is None:  # no event loop (a solo or threaded pool): nothing would fire the timer
+                self.hand_over(subscriber)
+            else:
+                self.late_hand_over = hub.call_later(HAND_OVER_WAIT_SECONDS, self._hand_over_late)
+
+    def _hand_over_late(self) -> None:
+        self.late_hand_over = None
+        self.hand_over_all()
+
+    def _more_to_read(self) -> bool:
+        """Whether the broker already sent more (a message is three frames; py-amqp reads no further ahead)."""
+        try:
+            return bool(self.socket is not None and select.select([self.socket], [], [], 0)[0])
+        except (OSError, ValueError):  # closed under us: the connection's own error handling takes over
+            return False
+
+    def hand_over_all(self) -> None:
+        for subscriber in consumed_subscribers(self.app):
+            self.hand_over(subscriber)
+
+    def hand_over(self, subscriber: Subscriber) -> None:
+        """Send the waiting events of `subscriber` to Celery, then acknowledge them; on failure they go back."""
+        waiting = self.waiting.pop(subscriber.service, [])
+        if not waiting:
+            return
+        try:
+            if len(waiting) == 1:
+                for handler in waiting[0].handlers:
+                    send_handler_task(self.app, handler, waiting[0].event.to_dict())
+            else:
+                send_batch_task(self.app, subscriber, [item.event.to_dict() for item in waiting])
+        except Exception:
+            logger.exception("could not dispatch %d event(s); they go back to %s", len(waiting), subscriber.queue)
+            self._requeue_later([item.message for item in waiting])
+            return
+        for item in waiting:
+            item.message.ack()
 
     def _dead_letter(self, subscriber: Subscriber, message: Message, reason: str, error: str) -> None:
         logger.warning("dead-lettering a message from %s: %s", subscriber.queue, error)
@@ -142,16 +216,17 @@ class EventIntake(bootsteps.ConsumerStep):
         except DatabaseError:
             logger.exception("cannot file a broker dead letter yet")
             reconnect_database()
-            self._requeue_later(message)
+            self._requeue_later([message])
             return
         message.ack()
 
     @staticmethod
-    def _requeue_later(message: Message) -> None:
+    def _requeue_later(messages: list[Message]) -> None:
         # A short pause keeps a failing dependency from turning into a hot redelivery loop; the
         # queue's delivery limit still bounds how often it comes back.
         time.sleep(1)
-        message.requeue()
+        for message in messages:
+            message.requeue()
 
 
 def _task_event(body: bytes) -> dict[str, Any] | None:

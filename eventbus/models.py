@@ -79,6 +79,11 @@ class DeadLetter(models.Model):
     body = models.TextField(help_text="The message body as received (never deserialized when not JSON).")
     headers = models.JSONField(default=dict, blank=True)
     error = models.TextField()
+    error_class = models.CharField(
+        max_length=200, blank=True, help_text="The exception's class, or the reason when the error names none."
+    )
+    # Letters that failed alike share it: (event type, handler or queue, error class), hashed; see deadletters.
+    fingerprint = models.CharField(max_length=16, blank=True, db_index=True)
     traceback = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -97,3 +102,32 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.reason} {self.event_type or self.content_type} from {self.queue}"
+
+
+class DeadLetterReplay(models.Model):
+    """One replay of a dead letter: who sent it, when, the body before and after (an operator may correct it),
+    and whether the broker took it."""
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "not confirmed by the broker yet"
+        SENT = "sent", "sent"
+        FAILED = "failed", "not sent"
+
+    dead_letter = models.ForeignKey(DeadLetter, on_delete=models.CASCADE, related_name="replays")
+    actor = models.CharField(max_length=200, help_text="The admin user; for `manage.py dlq`, cli: and the OS user.")
+    replayed_at = models.DateTimeField(auto_now_add=True)
+    queue = models.CharField(max_length=200, help_text="The event queue the body was sent to.")
+    body_before = models.TextField()
+    body_after = models.TextField(help_text="What was sent: the stored body, or the operator's correction.")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"replay of dead letter #{self.dead_letter_id} by {self.actor}"
+
+    @property
+    def edited(self) -> bool:
+        return self.body_before != self.body_after

@@ -9,6 +9,7 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
+from eventbus.commit_hooks import on_commit_once
 from eventbus.contracts import EventData
 from eventbus.envelope import CloudEvent, new_event
 from eventbus.models import OutboxMessage
@@ -48,7 +49,7 @@ def publish(data: EventData, *, correlation_id: str = "") -> CloudEvent:
         correlation_id=event.correlationid or event.id,
         body=event.to_dict(),
     )
-    transaction.on_commit(nudge_relay)
+    on_commit_once(_nudge_after_commit)
     return event
 
 
@@ -64,6 +65,10 @@ def nudge_relay() -> None:
         _redis.publish(nudge_channel(), b"1")
     except redis.RedisError as error:
         logger.debug("relay nudge failed (the relays' polling publishes): %s", error)
+
+
+def _nudge_after_commit(_: set) -> None:
+    nudge_relay()
 
 
 def nudge_channel() -> str:

@@ -5,7 +5,8 @@
     @inventory.on(OrderPlaced)
     def reserve_stock(data: OrderPlaced, event: CloudEvent) -> None: ...
 
-Each handler becomes a Celery task named `<service>.<function>` on the `<service>.tasks` queue.
+Pure data: eventbus.handling turns each handler into a Celery task named `<service>.<function>`, and
+each service's waiting events into `<service>.handle_batch` tasks, on the `<service>.tasks` queue.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from celery import shared_task
 
 from eventbus.contracts import Contract, EventData
 from eventbus.envelope import CloudEvent
@@ -30,6 +29,10 @@ class Handler:
     service: str
     contract: Contract
     function: HandlerFunction
+
+    @property
+    def task_queue(self) -> str:
+        return f"{self.service}.tasks"
 
     def task_id(self, event_id: str) -> str:
         """The same (handler, event) always gets the same task id: one row in Flower and the results."""
@@ -54,6 +57,11 @@ class Subscriber:
     def task_queue(self) -> str:
         return f"{self.service}.tasks"
 
+    @property
+    def batch_task(self) -> str:
+        """The task that handles several of this service's events at once (eventbus.handling.run_batch)."""
+        return f"{self.service}.handle_batch"
+
     def on(self, data_class: type[EventData]) -> Callable[[HandlerFunction], HandlerFunction]:
         """Subscribe the decorated function to one event type (every version, upcast to this one)."""
 
@@ -61,8 +69,9 @@ class Subscriber:
             handler = Handler(f"{self.service}.{function.__name__}", self.service, data_class.contract, function)
             if any(existing.name == handler.name for existing in self.handlers):
                 raise ValueError(f"handler {handler.name} is declared twice")
+            if handler.name == self.batch_task:
+                raise ValueError(f"{handler.name} is the name of the service's batch task; name the handler otherwise")
             self.handlers.append(handler)
-            _register_task(handler)
             return function
 
         return register
@@ -94,14 +103,3 @@ def handler_by_name(name: str) -> Handler:
             if handler.name == name:
                 return handler
     raise LookupError(f"no handler named {name!r}")
-
-
-def _register_task(handler: Handler) -> None:
-    from eventbus.handling import HandlerTask, run_handler
-
-    def task(self: HandlerTask, event: dict[str, Any]) -> dict[str, Any]:
-        return run_handler(self, handler, event)
-
-    task.__name__ = handler.function.__name__
-    task.__doc__ = handler.function.__doc__
-    shared_task(name=handler.name, bind=True, base=HandlerTask)(task)

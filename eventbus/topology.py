@@ -7,6 +7,8 @@ but Celery's infrastructure (eventbus.identities): the relay treats a missing ex
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from celery import Celery
 from django.conf import settings
 from kombu import Connection, Exchange, Queue, binding
@@ -43,21 +45,25 @@ def event_exchange(producer: str) -> Exchange:
     )
 
 
-def subscriber_queue(subscriber: Subscriber) -> Queue:
-    """A consuming service's event queue: quorum, bound per subscribed event, dead-lettering to `.dlq`."""
+def event_queue(name: str, bindings: Iterable[tuple[str, str]]) -> Queue:
+    """A queue of events: quorum, bound per (producer, routing key) on the producer's exchange, dead-lettering to
+    `<name>.dlq`. A service's (subscriber_queue) or a third party's (`manage.py broker_subscriber --queue`)."""
     return Queue(
-        subscriber.queue,
-        bindings=[
-            binding(event_exchange(producer), routing_key=key) for producer, key in sorted(subscriber.bindings())
-        ],
+        name,
+        bindings=[binding(event_exchange(producer), routing_key=key) for producer, key in sorted(bindings)],
         durable=True,
         queue_arguments={
             "x-queue-type": "quorum",
             "x-delivery-limit": settings.EVENTBUS_QUEUE_DELIVERY_LIMIT,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
-            "x-dead-letter-routing-key": f"{subscriber.queue}.dlq",
+            "x-dead-letter-routing-key": dead_letter_queue(name).name,
         },
     )
+
+
+def subscriber_queue(subscriber: Subscriber) -> Queue:
+    """A consuming service's event queue: quorum, bound per subscribed event, dead-lettering to `.dlq`."""
+    return event_queue(subscriber.queue, subscriber.bindings())
 
 
 def declare_all(connection: Connection, app: Celery) -> None:

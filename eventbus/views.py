@@ -14,18 +14,20 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Gauge, generate_latest
 
-from eventbus.health import PipelineHealth, pipeline_health
+from eventbus.health import PipelineHealth, pipeline_health, registered_figures
 
 
 @never_cache
 @require_GET
 @staff_member_required
 def health_page(request: HttpRequest) -> HttpResponse:
-    """Queues, Redis, outbox, dead letters, orders and the last event, in the admin's look; `?format=json` for JSON."""
+    """Queues, Redis, outbox, dead letters, the last event and the apps' figures, in the admin's look;
+    `?format=json` for JSON."""
     health = pipeline_health()
     if request.GET.get("format") == "json":
-        return JsonResponse(dataclasses.asdict(health))
-    context = {**admin.site.each_context(request), "title": "Pipeline health", "health": health}
+        return JsonResponse(_as_json(health))
+    figures = [(registered.description, health.figures[registered.name]) for registered in registered_figures()]
+    context = {**admin.site.each_context(request), "title": "Pipeline health", "health": health, "figures": figures}
     return render(request, "eventbus/health.html", context)
 
 
@@ -36,6 +38,13 @@ def metrics(request: HttpRequest) -> HttpResponse:
     if not (_is_staff(request) or _has_metrics_token(request)):
         return HttpResponseForbidden("staff session or metrics bearer token required\n", content_type="text/plain")
     return HttpResponse(generate_latest(_registry(pipeline_health())), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+def _as_json(health: PipelineHealth) -> dict:
+    # Each app's figures under their own name (`orders`), beside the bus's own.
+    data = dataclasses.asdict(health)
+    figures = data.pop("figures")
+    return {**data, **figures}
 
 
 def _is_staff(request: HttpRequest) -> bool:
@@ -81,9 +90,10 @@ def _registry(health: PipelineHealth) -> CollectorRegistry:
     dead_letters = gauge("dead_letters", "Dead letters in the store.", ("state",))
     dead_letters.labels("all").set(health.dead_letters.total)
     dead_letters.labels("unreplayed").set(health.dead_letters.unreplayed)
-    orders = gauge("orders", "Orders per status.", ("status",))
-    for status, count in health.orders.items():
-        orders.labels(status).set(count)
+    for figures in registered_figures():
+        metric = gauge(figures.name, f"{figures.description}.", (figures.label,))
+        for value, count in health.figures[figures.name].items():
+            metric.labels(value).set(count)
     last_event = gauge("last_event_timestamp_seconds", "Newest event recorded in the outbox or handled.", ("stage",))
     for stage, at in (("recorded", health.last_event_recorded_at), ("handled", health.last_event_handled_at)):
         if at:

@@ -1,7 +1,7 @@
 """Inventory's subscriptions: hold stock for new orders, ship it on confirmation, release it on cancel."""
 
 from eventbus.envelope import CloudEvent
-from eventbus.handling import PermanentError
+from eventbus.errors import PermanentError
 from eventbus.subscriptions import Subscriber
 from inventory.services import CommitRefused, stock_commit, stock_release, stock_reserve
 from orders.events import OrderCancelled, OrderConfirmed, OrderPlaced

@@ -14,6 +14,7 @@ from django.db.models import F
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from eventbus.commit_hooks import on_commit_once
 from eventbus.outbox import publish
 from inventory.events import ProductChanged, RejectedLine, ReservedLine, StockRejected, StockReleased, StockReserved
 from inventory.models import Product, Reservation
@@ -209,7 +210,11 @@ def _settle(reservation: Reservation, status: str, *, ship: bool) -> None:
 
 
 def _refresh_availability_on_commit(skus: list[str]) -> None:
-    transaction.on_commit(lambda: availability_refresh(skus=skus))
+    on_commit_once(_refresh_availability, skus)  # one refresh for a batch of events, with all their products
+
+
+def _refresh_availability(skus: set[str]) -> None:
+    availability_refresh(skus=sorted(skus))
 
 
 def availability_refresh(*, skus: list[str]) -> None:

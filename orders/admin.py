@@ -1,24 +1,31 @@
-"""Orders in the admin: place an order with inline lines (through the same service as the API),
-and watch it: status, legs, and the timeline of its saga with links to Flower."""
+"""Orders in the admin: place an order with its lines (a form and a formset that call order_place, as the
+API does), and watch it: status, legs, and the timeline of its saga with links to Flower."""
 
 from __future__ import annotations
+
+import json
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin
-from django.core.exceptions import ValidationError
+from django.contrib.admin.widgets import AutocompleteSelect
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponseRedirect
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from orders.models import CatalogProduct, Order, OrderLine
+from orders.models import MAX_QUANTITY_PER_LINE, CatalogProduct, Order, OrderLine
 from orders.selectors import order_timeline
-from orders.services import PAYMENT_TOKEN, LineRequest, OrderRejected, order_check, order_place
+from orders.services import PAYMENT_TOKEN, LineRequest, OrderRejected, order_place
 
 
-class OrderAddForm(forms.ModelForm):
+class OrderPlaceForm(forms.Form):
+    """Who orders and how they pay; the lines come in a LineFormSet."""
+
+    customer_email = forms.EmailField()
     payment_token = forms.RegexField(
         PAYMENT_TOKEN,
         initial="tok_visa",
@@ -26,43 +33,51 @@ class OrderAddForm(forms.ModelForm):
         error_messages={"invalid": "Expected a payment token like 'tok_visa'."},
     )
 
-    class Meta:
-        model = Order
-        fields = ["customer_email"]
+
+class LineForm(forms.Form):
+    """One line: a product of the orders service's catalogue, searched as the operator types, and a quantity."""
+
+    product = forms.ModelChoiceField(
+        CatalogProduct.objects.all(), widget=AutocompleteSelect(OrderLine._meta.get_field("product"), admin.site)
+    )
+    quantity = forms.IntegerField(min_value=1, max_value=MAX_QUANTITY_PER_LINE)
 
 
-class LineFormSet(forms.BaseInlineFormSet):
-    def clean(self) -> None:
-        super().clean()
-        if any(self.errors):
-            return
-        lines = [
+class BaseLineFormSet(forms.BaseFormSet):
+    """The order's lines: a row each, blank rows allowed (the page offers more rows than most orders need)."""
+
+    def line_requests(self) -> list[LineRequest]:
+        """The lines filled in, as order_place takes them; rows left blank are not lines."""
+        return [
             LineRequest(form.cleaned_data["product"].sku, form.cleaned_data["quantity"])
             for form in self.forms
-            if form.cleaned_data and not form.cleaned_data.get("DELETE")
+            if form.cleaned_data
         ]
-        try:
-            order_check(items=lines)
-        except OrderRejected as rejected:
-            raise ValidationError([message for messages in rejected.errors.values() for message in messages]) from None
 
-    # The lines are created by order_place, never saved through the formset; the admin's change
-    # message still looks for what the formset saved.
-    new_objects = changed_objects = deleted_objects = ()
+
+LineFormSet = forms.formset_factory(LineForm, formset=BaseLineFormSet, extra=2)
+LINES_PREFIX = "lines"
+# The admin's inlines.js adds and removes the line rows of the add page; it reads these options from the page.
+LINES_OPTIONS = json.dumps(
+    {
+        "name": f"#{LINES_PREFIX}",
+        "options": {"prefix": LINES_PREFIX, "addText": "Add another line", "deleteText": "Remove"},
+    }
+)
 
 
 class OrderLineInline(admin.TabularInline):
-    model = OrderLine
-    formset = LineFormSet
-    autocomplete_fields = ["product"]
-    fields = ["product", "quantity", "unit_price"]
-    readonly_fields = ["unit_price"]
+    """An order's lines on its page, as they were placed."""
 
-    def get_extra(self, request: HttpRequest, obj: Order | None = None, **kwargs) -> int:
-        return 0 if obj else 2
+    model = OrderLine
+    fields = readonly_fields = ["product", "quantity", "unit_price"]
+    extra = 0
+
+    def has_add_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
+        return False
 
     def has_change_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
-        return obj is None
+        return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
         return False
@@ -90,55 +105,50 @@ class OrderAdmin(admin.ModelAdmin):
     search_fields = ["id", "customer_email", "cancel_reason"]
     date_hierarchy = "created_at"
     inlines = [OrderLineInline]
-    readonly_fields = [
+    fields = readonly_fields = [
         "id", "customer_email", "status", "cancel_reason", "total_amount", "currency",
         "stock_leg", "stock_reason", "payment_leg", "payment_reason", "created_at", "decided_at", "timeline",
     ]  # fmt: skip
 
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        if obj is None:
-            kwargs["form"] = OrderAddForm
-        return super().get_form(request, obj, change=change, **kwargs)
+    def get_urls(self) -> list[URLPattern]:
+        """The admin's "Add order" opens place_view, at the add view's own URL and name, in its stead."""
+        place = path("add/", self.admin_site.admin_view(self.place_view), name="orders_order_add")
+        return [place, *(url for url in super().get_urls() if url.name != place.name)]
 
-    def get_readonly_fields(self, request, obj=None):
-        return self.readonly_fields if obj else []
-
-    def get_fields(self, request, obj=None):
-        return self.readonly_fields if obj else ["customer_email", "payment_token"]
-
-    def has_change_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
-        return False  # an order changes only through its saga; its page is for watching
-
-    def has_delete_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
-        return False
-
-    def response_add(self, request: HttpRequest, obj: Order, post_url_continue=None):
-        """Open the new order's page, where its saga can be watched, unless another add was asked for."""
-        if "_addanother" in request.POST:
-            return super().response_add(request, obj, post_url_continue)
-        self.message_user(request, f"Order {obj.pk} placed; it is pending until stock and payment answer.")
-        return HttpResponseRedirect(reverse("admin:orders_order_change", args=[obj.pk]))
-
-    def save_model(self, request, obj, form, change) -> None:
-        """Nothing to save yet on add: the order is placed with its lines in save_related."""
-
-    def save_related(self, request, form, formsets, change) -> None:
-        if change:
-            return
-        lines = [
-            LineRequest(line.cleaned_data["product"].sku, line.cleaned_data["quantity"])
-            for formset in formsets
-            for line in formset.forms
-            if line.cleaned_data and not line.cleaned_data.get("DELETE")
-        ]
-        order = order_place(
-            customer_email=form.cleaned_data["customer_email"],
-            payment_token=form.cleaned_data["payment_token"],
-            items=lines,
-        )
-        # The admin goes on with form.instance (log entry, redirect): make it the placed order.
-        form.instance.__dict__.update({k: v for k, v in order.__dict__.items() if not k.startswith("_")})
-        form.instance._state.adding = False
+    def place_view(self, request: HttpRequest) -> HttpResponse:
+        """Place an order through order_place, as the API does; show what is wrong with the input (nothing
+        is stored then), or open the new order's page, where its saga can be watched."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        data = request.POST if request.method == "POST" else None
+        form, lines = OrderPlaceForm(data), LineFormSet(data, prefix=LINES_PREFIX)
+        if data is not None and form.is_valid() and lines.is_valid():
+            try:
+                order = order_place(
+                    customer_email=form.cleaned_data["customer_email"],
+                    payment_token=form.cleaned_data["payment_token"],
+                    items=lines.line_requests(),
+                )
+            except OrderRejected as rejected:
+                for field, messages in rejected.errors.items():
+                    form.add_error(field if field in form.fields else None, messages)
+            else:
+                self.log_addition(request, order, [{"added": {}}])
+                self.message_user(request, f"Order {order.pk} placed; it is pending until stock and payment answer.")
+                if "_addanother" in request.POST:
+                    return HttpResponseRedirect(request.path)
+                return HttpResponseRedirect(reverse("admin:orders_order_change", args=[order.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Add order",
+            "opts": self.opts,
+            "form": form,
+            "lines": lines,
+            "lines_options": LINES_OPTIONS,
+            "has_errors": data is not None and bool(form.errors or any(lines.errors) or lines.non_form_errors()),
+            "media": self.media + form.media + lines.media + _line_rows_media(),
+        }
+        return TemplateResponse(request, "admin/orders/order/place.html", context)
 
     @admin.display(description="Timeline")
     def timeline(self, order: Order) -> str:
@@ -157,6 +167,12 @@ class OrderAdmin(admin.ModelAdmin):
 TIMELINE_HEADER = mark_safe(
     "<tr><th>time</th><th>event</th><th>id</th><th>relay</th><th>handler tasks (open in Flower)</th></tr>"
 )
+
+
+def _line_rows_media() -> forms.Media:
+    # inlines.js after the admin's jQuery, as InlineModelAdmin.media orders them: a lone script may come first.
+    jquery = "jquery.js" if settings.DEBUG else "jquery.min.js"
+    return forms.Media(js=[f"admin/js/vendor/jquery/{jquery}", "admin/js/jquery.init.js", "admin/js/inlines.js"])
 
 
 def _handler_links(runs) -> str:

@@ -3,7 +3,7 @@
 from decimal import Decimal
 
 from eventbus.envelope import CloudEvent
-from eventbus.handling import PermanentError
+from eventbus.errors import PermanentError
 from eventbus.subscriptions import Subscriber
 from inventory.events import ProductChanged, StockRejected, StockReserved
 from orders.models import Order

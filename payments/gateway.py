@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from eventbus.handling import TransientError, delivery_attempt
+from eventbus.errors import TransientError
+from eventbus.handling import delivery_attempt
 
 
-class PaymentDeclined(Exception):
+class CardDeclined(Exception):
     """The card network said no; retrying will not change that."""
 
 
@@ -45,7 +46,7 @@ class DemoGateway:
 
     def authorize(self, *, idempotency_key: str, token: str, amount: Decimal, currency: str) -> Authorization:
         if token == DECLINED_TOKEN:
-            raise PaymentDeclined("card declined")
+            raise CardDeclined("card declined")
         # The attempt comes with the task message: no store (such as Redis, whose outage must not
         # decide an order's fate) and no counter in the handler's transaction, which a failure rolls back.
         if token == FLAKY_TOKEN and delivery_attempt() <= self.FLAKY_FAILURES:

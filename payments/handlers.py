@@ -3,7 +3,7 @@
 from decimal import Decimal
 
 from eventbus.envelope import CloudEvent
-from eventbus.handling import PermanentError
+from eventbus.errors import PermanentError
 from eventbus.sealing import SealBroken, unseal
 from eventbus.subscriptions import Subscriber
 from orders.events import OrderCancelled, OrderConfirmed, OrderPlaced

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from eventbus.outbox import publish
 from payments import events
-from payments.gateway import PaymentDeclined, gateway
+from payments.gateway import CardDeclined, gateway
 from payments.models import Payment
 
 
@@ -35,7 +35,7 @@ def payment_authorize(*, order_id: UUID, token: str, amount: Decimal, currency: 
     key = _idempotency_key(order_id)
     try:
         authorization = gateway().authorize(idempotency_key=key, token=token, amount=amount, currency=currency)
-    except PaymentDeclined as declined:
+    except CardDeclined as declined:
         payment = Payment.objects.create(
             order_id=order_id, amount=amount, currency=currency, idempotency_key=key,
             status=Payment.Status.DECLINED, decline_reason=str(declined),

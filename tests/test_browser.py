@@ -1,5 +1,6 @@
-"""In headless Chromium: log into the admin, place an order with two lines, watch it become
-confirmed on its page, then find its tasks in Flower. Screenshots go to SCREENSHOT_DIR."""
+"""In headless Chromium: log into the admin, place an order with three lines, watch it become
+confirmed on its page, then find its tasks in Flower; open the API docs and see them render from the
+site's own files. Screenshots go to SCREENSHOT_DIR."""
 
 from __future__ import annotations
 
@@ -71,12 +72,13 @@ def pick_product(page, row: int, sku: str) -> None:
 
 @pytest.fixture
 def operator_password() -> str:
-    """An admin user and two products. Set up before the browser: Playwright's event loop and
+    """An admin user and three products. Set up before the browser: Playwright's event loop and
     Django's ORM do not share a thread."""
     password = secrets.token_urlsafe(12)
     get_user_model().objects.create_superuser("admin", "admin@example.com", password)
     factories.product("P001", name="Espresso beans 1 kg", price="75.00", stock=20)
     factories.product("P002", name="Burr grinder", price="149.00", stock=5)
+    factories.product("P003", name="Milk jug", price="19.00", stock=5)
     return password
 
 
@@ -92,13 +94,18 @@ def test_an_order_placed_in_the_admin_is_confirmed_and_its_tasks_show_in_flower(
     page.click("input[type=submit]")
     page.wait_for_url(re.compile(r"/admin/$"))
 
-    # When they place an order with two lines
-    page.goto(f"{site.web}/admin/orders/order/add/")
+    # When they place an order with three lines, the third in a row they add
+    page.goto(f"{site.web}/admin/orders/order/")
+    page.click(".object-tools a.addlink")
+    page.wait_for_url(re.compile(r"/admin/orders/order/add/$"))
     page.fill("#id_customer_email", "buyer@example.com")
     pick_product(page, 0, "P001")
     page.fill("#id_lines-0-quantity", "2")
     pick_product(page, 1, "P002")
     page.fill("#id_lines-1-quantity", "1")
+    page.click("text=Add another line")
+    pick_product(page, 2, "P003")
+    page.fill("#id_lines-2-quantity", "1")
     page.screenshot(path=SCREENSHOTS / "admin-order-add.png", full_page=True)
     page.click("input[name=_save]")
     page.wait_for_url(re.compile(r"/admin/orders/order/[0-9a-f-]{36}/change/"))
@@ -114,6 +121,7 @@ def test_an_order_placed_in_the_admin_is_confirmed_and_its_tasks_show_in_flower(
         page.wait_for_timeout(1000)
         page.reload()
     assert status.inner_text().strip().lower() == "confirmed"
+    assert page.locator(".field-total_amount .readonly").inner_text().strip() == "318.00"
     timeline = page.locator(".order-timeline").inner_text()
     for event in ["orders.OrderPlaced.v1", "inventory.StockReserved.v1", "payments.PaymentAuthorized.v1",
                   "orders.OrderConfirmed.v1", "payments.PaymentCaptured.v1"]:  # fmt: skip
@@ -130,3 +138,24 @@ def test_an_order_placed_in_the_admin_is_confirmed_and_its_tasks_show_in_flower(
         flower.locator(f"text={task}").first.wait_for(timeout=30_000)
     flower.screenshot(path=SCREENSHOTS / "flower-tasks.png", full_page=True)
     assert requests.get(f"{site.flower}/tasks", timeout=10).status_code == 401
+
+
+def test_the_api_docs_render_from_the_sites_own_files(site: Site, browser):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+
+    # When a visitor opens the interactive API docs
+    page.goto(f"{site.web}/api/docs/")
+
+    # Then Swagger UI renders the schema's operations, placing an order among them
+    operation = page.locator(".opblock-post .opblock-summary-path", has_text="/api/orders/").first
+    operation.wait_for(timeout=30_000)
+    assert page.locator(".opblock").count() >= 3
+    page.screenshot(path=SCREENSHOTS / "api-docs.png", full_page=True)
+
+    # And everything it loaded came from the site itself: no CDN, no request to another origin
+    assert any(url.endswith("/swagger-ui-bundle.js") for url in requested)
+    elsewhere = [url for url in requested if not url.startswith(f"{site.web}/") and not url.startswith("data:")]
+    assert not elsewhere, f"requests left for another origin: {elsewhere}"

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import pickle
 import uuid
 from contextlib import suppress
-from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -16,9 +13,10 @@ import requests
 from django.conf import settings
 from django.core.management import call_command
 from django_celery_results.models import TaskResult
-from kombu import Connection, Exchange, Queue
+from kombu import Connection, Queue
 
-from eventbus.broker_admin import subscriber_create
+from chaos.poison import PICKLE, order_placed, poison_batch
+from eventbus.broker_admin import subscriber_bind, subscriber_create, subscriber_delete, subscription_bindings
 from eventbus.envelope import CONTENT_TYPE, from_dict
 from eventbus.identities import publisher_passwords, url_as
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
@@ -40,14 +38,12 @@ TOOK_PAYMENT = {Payment.Status.AUTHORIZED, Payment.Status.CAPTURED}
 
 @pytest.fixture
 def listener(workers, broker_url):
-    """A queue of a third party's own, bound to `orders.events` for OrderPlaced with subscribe-only credentials
-    (`manage.py broker_subscriber`): no code change needed. The exchange is the producer's: bound, not declared."""
-    orders_events = Exchange("orders.events", type="topic", no_declare=True)
-    queue = Queue(f"sub-listener.{uuid.uuid4().hex[:8]}", orders_events, routing_key="order.placed", auto_delete=True)
+    """A third party's queue, which the administrator declared and bound to `orders.events` for OrderPlaced
+    (`manage.py broker_subscriber --queue --event`), read with its read-only credentials: no code change needed."""
+    subscriber_bind(broker_url, "listener", "orders", subscription_bindings(["orders.OrderPlaced"]))
     with Connection(subscriber_create(broker_url, "listener")) as connection:
-        bound = queue(connection.default_channel)
-        bound.declare()
-        yield bound
+        yield Queue("sub-listener.orders", no_declare=True)(connection.default_channel)
+    subscriber_delete(broker_url, "listener")  # its queue too, with what the test left in it
 
 
 def received(queue, *, timeout: float = 20) -> list:
@@ -71,7 +67,7 @@ def publish_raw(broker_url: str, body: bytes, *, content_type: str, routing_key:
             exchange=event_exchange("orders"),
             routing_key=routing_key,
             content_type=content_type,
-            content_encoding="binary" if content_type.endswith("serialize") else "utf-8",
+            content_encoding="binary" if content_type == PICKLE else "utf-8",
             user_id="orders",
         )
 
@@ -173,48 +169,31 @@ def test_a_relay_killed_before_marking_rows_sent_causes_no_double_effect(workers
     assert InboxMessage.objects.filter(event_id=event_id, handler="inventory.reserve_stock").count() == 1
 
 
-class Exploit:
-    """Unpickling this creates a file: proof that a pickle body was loaded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def test_a_transient_failure_is_retried_with_backoff_and_the_retries_show_in_the_task_result(listener):
     # Given the demo gateway times out twice for tok_flaky
     factories.product("P006", stock=10)
     order = order_place(customer_email="a@example.com", payment_token="tok_flaky", items=[LineRequest("P006", 1)])
     event_id = json.loads(received(listener)[0].body)["id"]
 
-    # Then the authorization succeeds on the third attempt, once, under one task id
+    # Then the authorization succeeds on the third attempt, under one task id, and takes effect once
     result = task_result("payments.authorize_payment", event_id, "done")
     assert result["attempt"] == 3
     assert Payment.objects.get(order_id=order.id).status in TOOK_PAYMENT
-    assert TaskResult.objects.filter(task_name="payments.authorize_payment").count() == 1
+    applied = InboxMessage.objects.get(handler="payments.authorize_payment", event_id=event_id)
+    assert applied.task_id == handler_by_name("payments.authorize_payment").task_id(event_id)
+    authorized = OutboxMessage.objects.filter(correlation_id=str(order.id), event_type="payments.PaymentAuthorized.v1")
+    assert authorized.count() == 1
+    assert not DeadLetter.objects.exists()
 
 
 def test_poison_messages_are_dead_lettered_never_loop_and_a_fixed_one_replays(workers, broker_url, tmp_path):
     factories.product("P004", stock=10)
-    marker = tmp_path / "unpickled"
     good_order = str(uuid.uuid4())
-    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")  # a fixed date would expire (inbox window)
-    valid = {
-        "specversion": "1.0", "id": str(uuid.uuid4()), "source": "/orders", "type": "orders.OrderPlaced.v1",
-        "time": now, "datacontenttype": "application/json",
-        "data": {"orderId": good_order, "items": [{"productId": "P004", "quantity": 1}], "totalAmount": "10.00",
-                 "currency": "USD", "timestamp": now, "paymentToken": seal("tok_visa")},
-    }  # fmt: skip
-    wrong_schema = {**valid, "data": {**valid["data"], "items": []}}
-    unknown_type = {**valid, "id": str(uuid.uuid4()), "type": "orders.OrderTeleported.v1"}
+    valid = order_placed(event_id=str(uuid.uuid4()), order_id=good_order, sku="P004", payment_token=seal("tok_visa"))
 
     # When poison arrives: malformed JSON, a wrong schema, an unknown type, and a pickle
-    publish_raw(broker_url, b'{"specversion": "1.0", "id": ', content_type=CONTENT_TYPE)
-    publish_raw(broker_url, json.dumps(wrong_schema).encode(), content_type=CONTENT_TYPE)
-    publish_raw(broker_url, json.dumps(unknown_type).encode(), content_type=CONTENT_TYPE)
-    publish_raw(broker_url, pickle.dumps(Exploit(marker)), content_type="application/x-python-serialize")
+    for poison in poison_batch(token=f"poison-{uuid.uuid4().hex[:8]}", event=valid, marker_dir=tmp_path):
+        publish_raw(broker_url, poison.body, content_type=poison.content_type)
 
     # Then each lands in the dead-letter store with its reason, at once and once
     letters = wait_for(
@@ -231,7 +210,7 @@ def test_poison_messages_are_dead_lettered_never_loop_and_a_fixed_one_replays(wo
     assert "items" in errors[1]
     assert "unknown event type" in errors[2]
     assert "content type 'application/x-python-serialize' is not accepted" in errors[3]
-    assert not marker.exists(), "a pickle body was deserialized"
+    assert not list(tmp_path.glob("unpickled-*")), "a pickle body was deserialized"
     assert not Reservation.objects.exists()
     assert _queue_depth(broker_url, "inventory.events") == 0
     assert DeadLetter.objects.filter(queue="inventory.events").count() == 4
@@ -243,6 +222,9 @@ def test_poison_messages_are_dead_lettered_never_loop_and_a_fixed_one_replays(wo
     assert reservation_of(good_order).status == Reservation.Status.HELD  # no order of that id: never confirmed
     replayed = DeadLetter.objects.get(pk=letters[1].pk)
     assert replayed.replay_count == 1 and replayed.replayed_at is not None
+    [record] = replayed.replays.all()  # who replayed what: `manage.py dlq` names the OS user
+    assert record.actor.startswith("cli") and record.edited and record.outcome == "sent"
+    assert json.loads(record.body_after) == valid and record.body_before == letters[1].body
 
 
 def _queue_depth(broker_url: str, queue: str) -> int:

@@ -1,5 +1,6 @@
 """Trust on the wire, on the real broker with the real workers: only a service publishes its own events, only a
-service's own worker sends its handler tasks, and a third party's subscriber reads its own queues only.
+service's own worker sends its handler tasks, and a third party's subscriber reads the queues the administrator
+bound for it only.
 
 Each forgery below is either refused by RabbitMQ (no such user, no write permission, a `user_id` that is not
 the connection's) or reaches a queue and is dead-lettered as `forged` there, without any effect.
@@ -9,22 +10,26 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from urllib.parse import quote
 
 import amqp
 import pytest
+import requests
 from celery import current_app
-from django.core.management import call_command
-from kombu import Connection, Exchange, Queue
+from django.core.management import CommandError, call_command
+from kombu import Connection, Queue
 from kombu.transport.native_delayed_delivery import calculate_routing_key
 
-from eventbus.broker_admin import broker_setup, subscriber_create
+from eventbus.broker_admin import ManagementApi, broker_setup, subscriber_create
 from eventbus.contracts import EventData
 from eventbus.envelope import CONTENT_TYPE, new_event
-from eventbus.identities import OPS, broker_password, url_as
+from eventbus.identities import OPS, Grant, broker_password, subscriber_grant, url_as
 from eventbus.models import DeadLetter, InboxMessage
 from eventbus.sealing import seal
 from inventory.events import ProductChanged
@@ -265,44 +270,141 @@ def test_a_handler_task_injected_by_another_user_has_no_effect_and_is_filed_as_f
     assert Product.objects.get(sku="P002").stock_reserved == 0
 
 
-def test_a_subscriber_reads_its_own_queues_and_nothing_else(workers, broker_url, settings):
-    # Given subscribe-only credentials from `manage.py broker_subscriber`
-    settings.BROKER_ADMIN_URL = broker_url
+def subscriber(*arguments: str) -> list[str]:
+    """`manage.py broker_subscriber` with `arguments`; the lines it prints."""
     out = io.StringIO()
-    call_command("broker_subscriber", "acme", stdout=out)
-    url = out.getvalue().strip()
-    assert url.startswith("amqp://sub-acme:")
-    orders_events = Exchange("orders.events", type="topic", no_declare=True)  # the producer's: bound, not declared
+    call_command("broker_subscriber", *arguments, stdout=out)
+    return out.getvalue().splitlines()
 
+
+class Listener:
+    """A third party's consumer: kombu, on a queue the administrator declared and bound (so it declares nothing)."""
+
+    def __init__(self, url: str, queue: str) -> None:
+        self.connection = Connection(url)
+        self.events: list[dict] = []
+        self.consumer = self.connection.Consumer(Queue(queue, no_declare=True), on_message=self._received)
+        self.consumer.consume()
+
+    def _received(self, message) -> None:
+        assert message.properties["user_id"] == "orders"  # the producer, as RabbitMQ vouches
+        self.events.append(json.loads(message.body))
+        message.ack()
+
+    def wait(self, event_type: str, order: Order) -> list[str]:
+        """Consume until `event_type` of `order` arrives; the types of what this order's events it got so far."""
+
+        def arrived() -> list[str] | None:
+            with suppress(TimeoutError):
+                self.connection.drain_events(timeout=0.2)
+            mine = [e["type"] for e in self.events if e["data"]["orderId"] == str(order.id)]
+            return mine if event_type in mine else None
+
+        return wait_for(arrived, timeout=60, interval=0, what=f"{event_type} on the subscriber's queue")
+
+    def close(self) -> None:
+        self.connection.release()
+
+
+def place(sku: str) -> Order:
+    factories.product(sku, stock=5)
+    return order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest(sku, 1)])
+
+
+def test_a_subscriber_reads_the_queue_the_administrator_bound_for_it_and_nothing_else(workers, broker_url, settings):
+    # Given a subscriber (users are the broker's: a name of this test's own) whose queue the administrator
+    # declares and binds for OrderPlaced (every version)
+    settings.BROKER_ADMIN_URL = broker_url
+    name = f"acme-{uuid.uuid4().hex[:8]}"
+    user, queue = f"sub-{name}", f"sub-{name}.orders"
+    url, bound = subscriber(name, "--queue", "orders", "--event", "orders.OrderPlaced")
+    assert url.startswith(f"amqp://{user}:")
+    assert bound == f"{queue} is bound to: orders.events order.placed"
+    # and, run again, for OrderConfirmed too: the binding is added, the user keeps its password
+    assert subscriber(name, "--queue", "orders", "--event", "orders.OrderConfirmed.v1") == [
+        f"{queue} is bound to: orders.events order.confirmed, orders.events order.placed"
+    ]
+
+    # When the relay publishes an order's events, a plain kombu consumer reads them from that queue
+    listener = Listener(url, queue)
+    try:
+        order = place("P003")
+        assert listener.wait("orders.OrderConfirmed.v1", order) == ["orders.OrderPlaced.v1", "orders.OrderConfirmed.v1"]
+
+        # And once OrderPlaced is unbound, only OrderConfirmed comes (OrderPlaced is published before it)
+        assert subscriber(name, "--queue", "orders", "--event", "orders.OrderPlaced.v1", "--unbind") == [
+            f"{queue} is bound to: orders.events order.confirmed"
+        ]
+        later = place("P005")
+        assert listener.wait("orders.OrderConfirmed.v1", later) == ["orders.OrderConfirmed.v1"]
+    finally:
+        listener.close()
+
+    # But it may not read a queue of the pipeline: not even inventory.events or payments.events, which share their
+    # names with those producers' exchanges (each refusal closes the channel it happened on)
     with Connection(url) as connection:
-        # When it declares and binds a queue of its own, it receives the orders service's events, each with
-        # the producer RabbitMQ vouches for
-        queue = Queue("sub-acme.orders", orders_events, routing_key="order.placed", auto_delete=True)
-        bound = queue(connection.default_channel)
-        bound.declare()
-        factories.product("P003", stock=5)
-        order = order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P003", 1)])
-        message = wait_for(lambda: bound.get(no_ack=True), what="OrderPlaced on the subscriber's queue")
-        assert message.properties["user_id"] == "orders"
-        assert json.loads(message.body)["data"]["orderId"] == str(order.id)
-
-        # But it may not publish to any events exchange, nor read a queue of the pipeline, nor declare a queue
-        # under another name (each refusal closes the channel it happened on)
-        for producer in ("orders", "inventory", "payments"):
+        for pipeline in ("inventory.events", "payments.events", "orders.events-in", "orders.tasks", "inventory.tasks"):
+            with pytest.raises(amqp.exceptions.AccessRefused, match=f"queue '{pipeline}'"):
+                connection.channel().basic_get(pipeline)
+            with pytest.raises(amqp.exceptions.AccessRefused, match=f"queue '{pipeline}'"):
+                connection.channel().basic_consume(pipeline, callback=lambda message: None)
+        # nor bind its queue itself, to any exchange
+        for exchange in ("orders.events", "inventory.events", "payments.events"):
+            with pytest.raises(amqp.exceptions.AccessRefused, match="ACCESS_REFUSED"):
+                connection.channel().queue_bind(queue, exchange, "#")
+        # nor publish to any exchange, the default one (which routes to a queue by its name) included
+        for exchange in ("orders.events", "inventory.events", "payments.events", ""):
             channel = connection.channel()
-            channel.basic_publish(amqp.Message(b"{}"), exchange=f"{producer}.events", routing_key="order.placed")
-            with pytest.raises(amqp.exceptions.AccessRefused, match=f"exchange '{producer}.events'"):
+            channel.basic_publish(amqp.Message(b"{}"), exchange=exchange, routing_key="inventory.events")
+            with pytest.raises(amqp.exceptions.AccessRefused, match=f"exchange '{exchange or 'amq.default'}'"):
                 channel.basic_qos(0, 1, False)  # a round trip: the refusal of the publish arrives first
-        for name in ("orders.events-in", "orders.tasks"):
-            with pytest.raises(amqp.exceptions.AccessRefused, match=f"queue '{name}'"):
-                connection.channel().basic_get(name)
-        with pytest.raises(amqp.exceptions.AccessRefused, match=r"queue 'acme\.elsewhere'"):
-            connection.channel().queue_declare("acme.elsewhere")
+        # nor declare a queue, even one of its own name
+        for other in (name, f"{user}.other", "inventory.events"):
+            with pytest.raises(amqp.exceptions.AccessRefused, match=f"queue '{re.escape(other)}'"):
+                connection.channel().queue_declare(other, durable=True, auto_delete=False)
 
-    # And once deleted, it cannot log in any more
-    call_command("broker_subscriber", "acme", "--delete", stdout=io.StringIO())
+    # And once deleted, it cannot log in any more, and its queues are gone with it
+    assert subscriber(name, "--delete") == [f"deleted the broker user {user} and its queues: {queue}, {queue}.dlq"]
     with pytest.raises(amqp.exceptions.AccessRefused), Connection(url) as connection:
         connection.ensure_connection(max_retries=1)
+    assert not [other for other in ManagementApi(broker_url).queues() if other.startswith(f"{user}.")]
+
+
+def test_an_unknown_event_type_creates_no_subscriber_and_no_queue(broker_url, settings):
+    settings.BROKER_ADMIN_URL = broker_url
+    name = f"newbie-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(CommandError, match=r"unknown event type 'orders\.OrderShipped\.v1'"):
+        subscriber(name, "--queue", "orders", "--event", "orders.OrderPlaced", "--event", "orders.OrderShipped.v1")
+    api = ManagementApi(broker_url)
+    assert not api.has_user(f"sub-{name}")
+    assert not [queue for queue in api.queues() if queue.startswith(f"sub-{name}")]
+
+
+def test_broker_setup_takes_a_subscriber_created_under_the_old_grant_down_to_its_own_queues(broker_url):
+    # Given a subscriber that may read (so bind to) the events exchanges, and so the queues of the same names
+    api = ManagementApi(broker_url)
+    legacy = Grant(user="sub-legacy", tags="", configure=r"^sub\-legacy\..+$", write=r"^sub\-legacy\..+$",
+                   read=r"^(sub\-legacy\..+|inventory\.events|orders\.events|payments\.events)$")  # fmt: skip
+    api.grant(legacy, "pw")
+    try:
+        # When broker_setup runs (every deployment does)
+        broker_setup(broker_url, current_app)
+
+        # Then it has the current grant, and keeps its password
+        permissions = requests.get(
+            f"{api.base}/permissions/{quote(api.vhost, safe='')}/sub-legacy", auth=api.auth, timeout=10
+        ).json()
+        current = subscriber_grant("legacy")
+        assert (permissions["configure"], permissions["write"], permissions["read"]) == (
+            current.configure, current.write, current.read
+        )  # fmt: skip
+        with (
+            Connection(url_as(broker_url, "sub-legacy", "pw")) as connection,
+            pytest.raises(amqp.exceptions.AccessRefused, match=r"queue 'inventory\.events'"),
+        ):
+            connection.channel().basic_get("inventory.events")
+    finally:
+        api.delete_user("sub-legacy")
 
 
 def test_broker_setup_is_idempotent_and_grants_what_the_processes_need(workers, broker_url):

@@ -7,7 +7,8 @@ import pytest
 from django.db import transaction
 
 from eventbus.envelope import CloudEvent, from_dict, new_event
-from eventbus.handling import PermanentError, TransientError, _apply_once, backoff, run_handler
+from eventbus.errors import PermanentError, TransientError
+from eventbus.handling import apply_once, backoff, run_handler
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 from eventbus.outbox import HopLimitExceeded, publish
 from eventbus.subscriptions import handler_by_name
@@ -46,8 +47,8 @@ def test_a_handler_applies_an_event_once_and_its_events_inherit_correlation_and_
     handler = handler_by_name("inventory.reserve_stock")
 
     # When the inventory handler gets it twice
-    first = _apply_once(handler, event, "task-1")
-    second = _apply_once(handler, event, "task-1")
+    first = apply_once(handler, event, "task-1")
+    second = apply_once(handler, event, "task-1")
 
     # Then stock is held once, and StockReserved continues the saga's chain
     assert (first, second) == ("done", "duplicate")
@@ -64,7 +65,7 @@ def test_the_hop_limit_stops_a_chain_that_grows_too_long(settings):
     event = placed_event()
     looping = replace(event, hops=settings.EVENTBUS_MAX_HOPS)
     with pytest.raises(HopLimitExceeded):
-        _apply_once(handler_by_name("inventory.reserve_stock"), looping, "task-2")
+        apply_once(handler_by_name("inventory.reserve_stock"), looping, "task-2")
     assert not InboxMessage.objects.exists(), "the failed attempt left no trace"
     assert Product.objects.get(sku="P001").stock_reserved == 0
 

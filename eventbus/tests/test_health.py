@@ -147,7 +147,7 @@ def test_staff_see_every_queue_and_figure_in_the_admin_look(admin_client, manage
 def test_orders_outbox_and_dead_letters_are_counted_from_the_rows(management, broker_on_default_vhost, rows):
     health = pipeline_health()
 
-    assert health.orders == {"pending": 2, "confirmed": 0, "cancelled": 1}
+    assert health.figures["orders"] == {"pending": 2, "confirmed": 0, "cancelled": 1}
     assert health.outbox.pending == 2
     assert 300 <= health.outbox.lag_seconds < 330
     assert health.outbox.last_sent_at == OutboxMessage.objects.get(sent_at__isnull=False).sent_at
@@ -159,7 +159,7 @@ def test_orders_outbox_and_dead_letters_are_counted_from_the_rows(management, br
 def test_an_empty_pipeline_has_no_lag_and_zero_orders_of_every_status(management, broker_on_default_vhost):
     health = pipeline_health()
 
-    assert health.orders == {"pending": 0, "confirmed": 0, "cancelled": 0}
+    assert health.figures["orders"] == {"pending": 0, "confirmed": 0, "cancelled": 0}
     assert (health.outbox.pending, health.outbox.lag_seconds, health.outbox.last_sent_at) == (0, 0.0, None)
     assert health.last_event_recorded_at is None and health.last_event_handled_at is None
 

@@ -74,7 +74,7 @@ def test_every_health_query_reads_an_index_not_the_whole_table(monkeypatch, caps
     assert figures.outbox.last_sent_at == OutboxMessage.objects.exclude(sent_at=None).latest("sent_at").sent_at
     assert figures.dead_letters.unreplayed == ROWS // 3 // 100
     assert figures.dead_letters.total == pytest.approx(ROWS // 3, rel=0.05)
-    assert figures.orders["pending"] == ROWS // 100
-    assert figures.orders["confirmed"] == pytest.approx(ROWS * 0.8, rel=0.05)
-    assert figures.orders["cancelled"] == pytest.approx(ROWS * 0.19, rel=0.1)
+    assert figures.figures["orders"]["pending"] == ROWS // 100
+    assert figures.figures["orders"]["confirmed"] == pytest.approx(ROWS * 0.8, rel=0.05)
+    assert figures.figures["orders"]["cancelled"] == pytest.approx(ROWS * 0.19, rel=0.1)
     assert figures.last_event_handled_at > timezone.now() - timedelta(minutes=5)

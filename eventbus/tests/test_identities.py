@@ -1,5 +1,6 @@
 """Broker identities without a broker: what each user may do (the permission regexes, read as RabbitMQ reads
-them), where passwords come from, how a message's sender is checked. On the broker: tests/test_forged_messages.py.
+them), where passwords come from, how a message's sender is checked, what `broker_subscriber` refuses. On the
+broker: tests/test_forged_messages.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from eventbus.authenticity import ForgedMessage, check_task_sender, event_forgery
+from eventbus.broker_admin import subscription_bindings
+from eventbus.contracts import lookup
 from eventbus.deadletters import REPLAY_HEADER
 from eventbus.envelope import new_event
 from eventbus.handling import run_handler
@@ -26,6 +29,7 @@ from eventbus.identities import (
     publisher_of,
     publisher_passwords,
     subscriber_grant,
+    subscriber_queue_name,
     subscriber_user,
     url_as,
     url_user,
@@ -91,18 +95,58 @@ def test_ops_sends_tasks_to_every_task_queue_and_replays_through_the_default_exc
     assert not any(allows(grant.write, "amq.default") for user, grant in grants().items() if user != OPS)
 
 
-def test_a_subscriber_declares_binds_and_reads_its_own_queues_and_binds_to_the_events_exchanges():
+def test_a_subscriber_reads_its_own_queues_and_may_declare_bind_write_or_read_nothing_else():
     grant = subscriber_grant("acme")
     assert grant.user == "sub-acme" and grant.tags == ""
-    for name in ("sub-acme.orders", "sub-acme.a.b"):
-        assert allows(grant.configure, name) and allows(grant.write, name) and allows(grant.read, name)
-    for name in ("sub-acme", "sub-acmeother.x", "acme.orders", "sub-other.x", "orders.events", "celeryev.1"):
+    for name in ("sub-acme.orders", "sub-acme.orders.dlq", "sub-acme.a_b"):
+        assert allows(grant.read, name), name
+    pipeline = [*EVENT_QUEUES.values(), *(f"{s}.events" for s in SERVICES), *(f"{s}.tasks" for s in SERVICES),
+                "eventbus.tasks", "eventbus.dlx", "amq.default", "celeryev.1"]  # fmt: skip
+    for name in ("sub-acme", "sub-acmeother.x", "acme.orders", "sub-other.x", *pipeline):
+        assert not allows(grant.read, name), name
+    # The queues inventory.events and payments.events share their names with those producers' exchanges, and
+    # RabbitMQ's permissions cannot tell a queue from an exchange: so no read on any exchange, to bind to it
+    for name in ("sub-acme.orders", *pipeline):
         assert not allows(grant.configure, name) and not allows(grant.write, name), name
-    assert all(allows(grant.read, f"{producer}.events") for producer in SERVICES)
-    assert not any(allows(grant.read, name) for name in ("orders.events-in", "orders.tasks", "eventbus.tasks"))
-    # The known gap (README, Security): the queues inventory.events and payments.events share their names with
-    # those producers' exchanges, and RabbitMQ's read permission cannot tell a queue from an exchange.
-    assert allows(grant.read, "inventory.events") and allows(grant.read, "payments.events")
+
+
+def test_a_subscribers_queue_is_named_after_it_and_its_dead_letters_cannot_be_another_of_its_queues():
+    assert subscriber_queue_name("acme", "orders") == "sub-acme.orders"
+    assert subscriber_queue_name("acme", "a_b-1") == "sub-acme.a_b-1"
+    for suffix in ("", "x.dlq", "a.b", "Orders", "-x", "x" * 61):
+        with pytest.raises(ValueError, match="queue suffix"):
+            subscriber_queue_name("acme", suffix)
+    with pytest.raises(ValueError, match="subscriber name"):
+        subscriber_queue_name("Acme", "orders")
+
+
+def test_a_subscription_names_event_types_or_families_of_the_published_contracts():
+    assert subscription_bindings(["orders.OrderPlaced.v1"]) == {("orders", "order.placed")}
+    assert subscription_bindings(["orders.OrderPlaced", "inventory.ProductChanged.v1"]) == {
+        ("orders", "order.placed"),
+        ("inventory", lookup("inventory.ProductChanged.v1").routing_key),
+    }
+    for unknown in ("orders.OrderPlaced.v9", "orders.Nope", "orders", "order.placed", ""):
+        with pytest.raises(ValueError, match=f"unknown event type '{re.escape(unknown)}'.*orders.OrderPlaced"):
+            subscription_bindings(["orders.OrderPlaced", unknown])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        (["--queue", "orders"], "--queue and --event go together"),
+        (["--event", "orders.OrderPlaced"], "--queue and --event go together"),
+        (["--unbind"], "--unbind needs --queue and --event"),
+        (["--delete", "--queue", "orders", "--event", "orders.OrderPlaced"], "--delete removes the user"),
+        (["--queue", "orders.dlq", "--event", "orders.OrderPlaced"], "queue suffix"),
+        (["--queue", "orders", "--event", "orders.Nope"], "unknown event type 'orders.Nope'"),
+    ],
+)
+def test_broker_subscriber_refuses_what_it_cannot_do_before_it_calls_the_broker(settings, arguments, error):
+    settings.BROKER_ADMIN_URL = "amqp://admin:x@127.0.0.1:1/v"  # nothing listens: any call to it would fail
+    settings.RABBITMQ_MANAGEMENT_URL = "http://127.0.0.1:1"
+    with pytest.raises(CommandError, match=re.escape(error)):
+        call_command("broker_subscriber", "acme", *arguments)
 
 
 @pytest.mark.parametrize("name", ["", "Acme", "a.b", "a_b", "-a", "x" * 41])

@@ -19,7 +19,8 @@ from django_celery_results.models import TaskResult
 
 from eventbus import tasks
 from eventbus.envelope import from_dict
-from eventbus.handling import EventExpired, run_handler
+from eventbus.errors import EventExpired
+from eventbus.handling import run_handler
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 from eventbus.retention import check_retention_policy, event_expired, redelivery_bound, retention_run
 from eventbus.subscriptions import handler_by_name

@@ -7,7 +7,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
 
-from eventbus.handling import PermanentError
+from eventbus.errors import PermanentError
 from eventbus.models import OutboxMessage
 from inventory.models import Product, Reservation
 from inventory.services import reservation_expire_stale, stock_release, stock_reserve

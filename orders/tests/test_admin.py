@@ -48,12 +48,32 @@ def test_saving_the_add_form_places_the_order_through_the_service_with_all_its_l
         (add_form(("P001", 5000)), "less than or equal to 1000"),
         (add_form(), "at least one item"),
         (add_form(("P001", 1), token="visa"), "tok_visa"),
+        (add_form(("P001", 1), ("P999", 1)), "Select a valid choice"),
+        (add_form(("P001", 1), email="not-an-address"), "Enter a valid email address"),
     ],
 )
 def test_a_bad_order_is_shown_back_with_its_error_and_nothing_is_stored(staff, form, message):
     response = staff.post("/admin/orders/order/add/", form)
     assert response.status_code == 200 and message in response.content.decode()
     assert not Order.objects.exists() and not OutboxMessage.objects.exists()
+
+
+def test_add_order_in_the_admin_opens_the_form_with_a_row_per_line_and_a_product_search(staff):
+    changelist = staff.get("/admin/orders/order/").content.decode()
+    assert 'href="/admin/orders/order/add/"' in changelist
+
+    page = staff.get("/admin/orders/order/add/").content.decode()
+    assert 'name="customer_email"' in page and 'name="payment_token"' in page
+    assert 'id="lines-0"' in page and 'id="lines-1"' in page and 'id="lines-empty"' in page
+    assert "admin-autocomplete" in page and "admin/js/inlines.js" in page
+
+
+def test_the_add_form_is_for_users_who_may_add_orders(client):
+    clerk = get_user_model().objects.create_user("clerk", "clerk@example.com", "pw-clerk-123", is_staff=True)
+    client.force_login(clerk)
+    assert client.get("/admin/orders/order/add/").status_code == 403
+    assert client.post("/admin/orders/order/add/", add_form(("P001", 1))).status_code == 403
+    assert not Order.objects.exists()
 
 
 def test_the_order_page_shows_its_timeline_with_flower_links_and_the_list_counts_statuses(staff, settings):

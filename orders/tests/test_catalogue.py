@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventbus.handling import PermanentError
+from eventbus.errors import PermanentError
 from eventbus.models import InboxMessage
 from inventory.events import ProductChanged
 from orders.models import CatalogProduct

@@ -104,7 +104,17 @@ def test_a_stale_pending_order_is_cancelled_for_timeout_once_and_a_late_leg_keep
 
 
 def test_a_leg_for_an_unknown_order_changes_nothing():
-    assert order_record_leg(order_id=uuid.uuid4(), stock=Stock.RESERVED) is None
+    # Given a pending order, and what is stored
+    new_order()
+    stored = (list(Order.objects.values()), list(OutboxMessage.objects.values()))
+
+    # When both legs of an order that does not exist arrive
+    unknown = uuid.uuid4()
+    assert order_record_leg(order_id=unknown, stock=Stock.RESERVED) is None
+    assert order_record_authorization(order_id=unknown, amount=Decimal("10.00"), currency="USD") is None
+
+    # Then no order is created or changed, and nothing is announced
+    assert (list(Order.objects.values()), list(OutboxMessage.objects.values())) == stored
 
 
 @pytest.mark.parametrize(("amount", "currency"), [("0.01", "USD"), ("75.00", "EUR"), ("750.00", "USD")])

@@ -5,7 +5,7 @@ import redis
 from django.core.cache import cache
 
 from eventbus.envelope import new_event
-from eventbus.handling import TransientError
+from eventbus.errors import TransientError
 from eventbus.sealing import seal
 from orderproj.celery import app
 from payments.models import Payment

@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
 
-from eventbus.handling import PermanentError
+from eventbus.errors import PermanentError
 from eventbus.models import OutboxMessage
 from orderproj.celery import app
 from orders.events import OrderConfirmed, OrderItem

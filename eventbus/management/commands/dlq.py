@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 
@@ -25,7 +26,9 @@ class Command(BaseCommand):
         replay = sub.add_parser("replay", help="publish again to the original event queue")
         replay.add_argument("ids", type=int, nargs="*")
         replay.add_argument("--all", action="store_true", help="every dead letter not replayed yet, but forged ones")
-        replay.add_argument("--body-file", type=Path, help="a corrected JSON body to send instead (one id only)")
+        replay.add_argument(
+            "--body-file", type=Path, help="a corrected CloudEvent to send instead, checked first (one id only)"
+        )
         purge = sub.add_parser("purge", help="delete dead letters")
         purge.add_argument("ids", type=int, nargs="*")
         purge.add_argument("--replayed", action="store_true", help="every dead letter already replayed")
@@ -47,13 +50,16 @@ class Command(BaseCommand):
     def _show(self, *, id: int, **_: object) -> None:
         row = self._get(id)
         fields = ["reason", "queue", "handler", "event_id", "event_type", "content_type", "attempts", "created_at",
-                  "replayed_at", "replay_count", "error"]  # fmt: skip
+                  "replayed_at", "replay_count", "error_class", "fingerprint", "error"]  # fmt: skip
         for field in fields:
             self.stdout.write(f"{field:>13}: {getattr(row, field)}")
         self.stdout.write(f"      headers: {json.dumps(row.headers, indent=2)}")
         self.stdout.write(f"         body: {row.body}")
         if row.traceback:
             self.stdout.write(f"    traceback:\n{row.traceback}")
+        for record in row.replays.order_by("id"):
+            edited = "corrected" if record.edited else "unchanged"
+            self.stdout.write(f"     replayed: {record.replayed_at} by {record.actor}, {edited}, {record.outcome}")
 
     def _replay(self, *, ids: list[int], all: bool, body_file: Path | None, **_: object) -> None:
         if not ids and not all:
@@ -69,17 +75,18 @@ class Command(BaseCommand):
                 raise CommandError(f"cannot read {body_file}: {error.strerror or error}") from None
             except ValueError as error:  # UnicodeDecodeError included
                 raise CommandError(f"{body_file} is not valid JSON: {error}") from None
-        pending = DeadLetter.objects.filter(replayed_at__isnull=True).exclude(reason=DeadLetter.Reason.FORGED)
-        rows = [self._get(pk) for pk in ids] if ids else list(pending)
+        rows = [self._get(pk) for pk in ids] if ids else list(deadletters.replayable())
         refused = []
         with current_app.connection_for_write() as connection:
             for row in rows:
                 try:
-                    queue = deadletters.replay(row, connection, body=body)
+                    record = deadletters.replay(row, connection, actor=_actor(), body=body)
+                except deadletters.InvalidBody as error:
+                    raise CommandError(f"{body_file} is not sent: {error}") from None
                 except deadletters.NotReplayable as error:
                     refused.append(str(error))
                     continue
-                self.stdout.write(f"replayed #{row.pk} to {queue}")
+                self.stdout.write(f"replayed #{row.pk} to {record.queue}")
         if refused:
             raise CommandError("\n".join(refused))
 
@@ -95,3 +102,11 @@ class Command(BaseCommand):
             return DeadLetter.objects.get(pk=pk)
         except DeadLetter.DoesNotExist:
             raise CommandError(f"no dead letter #{pk}") from None
+
+
+def _actor() -> str:
+    """Who replays from the command line, for the replay record: the OS user, when the system knows one."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"

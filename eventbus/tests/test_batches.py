@@ -1,0 +1,101 @@
+"""Handling events that waited together in one batch task, called directly (no worker): each (handler, event)
+in its own savepoint, one failure not failing its neighbours."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+from django.db import OperationalError
+
+from eventbus.envelope import new_event
+from eventbus.errors import PermanentError, TransientError
+from eventbus.handling import run_batch
+from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
+from eventbus.subscriptions import handler_by_name, subscribers
+from inventory.models import Product
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+class BatchTask:
+    """Stands in for the bound batch task: its request, and an app whose send_task records what it sent."""
+
+    def __init__(self) -> None:
+        self.request = SimpleNamespace(id="batch-1", called_directly=True, retries=0)
+        self.sent: list[dict] = []
+        self.app = SimpleNamespace(send_task=lambda name, **options: self.sent.append({"name": name, **options}))
+
+
+def inventory():
+    return next(s for s in subscribers() if s.service == "inventory")
+
+
+def placed(sku: str = "P001", quantity: int = 1) -> dict:
+    return new_event(factories.order_placed((sku, quantity))).to_dict()
+
+
+def test_a_batch_applies_each_event_once_with_its_own_inbox_row():
+    factories.product("P001", stock=10)
+    first, second = placed(quantity=2), placed(quantity=3)
+
+    result = run_batch(BatchTask(), inventory(), [first, second, first])
+
+    outcomes = [event["handlers"]["inventory.reserve_stock"] for event in result["events"]]
+    assert outcomes == ["done", "done", "duplicate"]
+    assert Product.objects.get(sku="P001").stock_reserved == 5
+    rows = InboxMessage.objects.filter(handler="inventory.reserve_stock")
+    assert sorted(str(r.event_id) for r in rows) == sorted([first["id"], second["id"]])
+    assert {r.task_id for r in rows} == {"batch-1"}, "the inbox names the batch that handled each event"
+    assert OutboxMessage.objects.filter(event_type="inventory.StockReserved.v1").count() == 2
+
+
+def one_handler_subscriber(function):
+    """The inventory subscriber with its reserve_stock handler replaced by `function`."""
+    handler = replace(handler_by_name("inventory.reserve_stock"), function=function)
+    real = inventory()
+    return SimpleNamespace(
+        service=real.service, batch_task=real.batch_task, task_queue=real.task_queue, handlers_for=lambda _: [handler]
+    )
+
+
+def test_in_a_batch_a_failing_event_takes_back_only_its_own_work():
+    ok, flaky, bad = placed("P001"), placed("P002"), placed("P003")
+    behaviour = {ok["id"]: None, flaky["id"]: TransientError("gateway timeout"), bad["id"]: PermanentError("no")}
+
+    def handle(data, event):
+        factories.product(f"X-{event.id[:8]}")  # an effect, which a failure must take back
+        if (error := behaviour[event.id]) is not None:
+            raise error
+
+    task = BatchTask()
+    result = run_batch(task, one_handler_subscriber(handle), [ok, flaky, bad])
+
+    outcomes = [event["handlers"]["inventory.reserve_stock"] for event in result["events"]]
+    assert outcomes == ["done", "retrying", "dead-lettered"]
+    assert list(Product.objects.values_list("sku", flat=True)) == [f"X-{ok['id'][:8]}"]
+    assert [str(r.event_id) for r in InboxMessage.objects.all()] == [ok["id"]]
+    letter = DeadLetter.objects.get()
+    assert (letter.reason, letter.event_id, letter.handler) == ("permanent", bad["id"], "inventory.reserve_stock")
+    # The flaky one goes on alone, as its handler's own task, on its second attempt.
+    [retry] = task.sent
+    assert retry["name"] == "inventory.reserve_stock" and retry["args"] == [flaky]
+    assert retry["retries"] == 1 and retry["countdown"] >= 1 and retry["queue"] == "inventory.tasks"
+    assert retry["task_id"] == handler_by_name("inventory.reserve_stock").task_id(flaky["id"])
+
+
+def test_a_batch_whose_transaction_fails_sends_every_event_on_alone():
+    events = [placed("P001"), placed("P002")]
+
+    def database_gone(data, event):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    task = BatchTask()
+    result = run_batch(task, one_handler_subscriber(database_gone), events)
+
+    assert "OperationalError" in result["split"]
+    assert [sent["args"] for sent in task.sent] == [[events[0]], [events[1]]]
+    assert all(sent["retries"] == 0 for sent in task.sent)
+    assert not InboxMessage.objects.exists() and not DeadLetter.objects.exists()
