@@ -9,6 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 RUN groupadd --system app && useradd --system --gid app --home-dir /app --shell /usr/sbin/nologin app
+# PROMETHEUS_MULTIPROC_DIR in compose: a new volume mounted here takes this directory's owner, so `app` may write.
+RUN mkdir -p /var/lib/orderpipe/metrics && chown app:app /var/lib/orderpipe/metrics
 
 COPY requirements.txt .
 RUN pip install -r requirements.txt

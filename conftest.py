@@ -33,9 +33,12 @@ def broker_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def stack_env(broker_url: str, django_db_setup, django_db_blocker) -> dict[str, str]:
-    """What child processes need beyond the stack's own variables: the run's vhost, test database and cache."""
+    """What child processes need beyond the stack's own variables: the run's vhost, test database and cache, and the
+    directory of the test process's metrics, if it has one (they add to what /metrics shows in the tests)."""
     from django.conf import settings
     from django.db import connection
+
+    from eventbus.metrics import DIRECTORY
 
     with django_db_blocker.unblock():
         url = database_url(connection.settings_dict)
@@ -44,6 +47,7 @@ def stack_env(broker_url: str, django_db_setup, django_db_blocker) -> dict[str, 
         "DATABASE_URL": url,
         "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
         "RABBITMQ_MANAGEMENT_URL": settings.RABBITMQ_MANAGEMENT_URL,
+        **({"PROMETHEUS_MULTIPROC_DIR": DIRECTORY} if DIRECTORY else {}),
     }
 
 

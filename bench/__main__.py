@@ -27,7 +27,7 @@ from devstack.brokers import StackError, say
 from devstack.config import ROOT, StackConfig
 
 RESULTS = ROOT / "bench" / "results"
-SKIPPABLE = ("raw", "relay", "latency", "plain", "celery")
+SKIPPABLE = ("raw", "relay", "latency", "tracing", "plain", "celery")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--management-port", type=int, default=15810)
     parser.add_argument("--redis-port", type=int, default=6510)
     parser.add_argument("--postgres-port", type=int, default=5832)
+    parser.add_argument("--otlp-port", type=int, default=4810, help="the tracing phase's OTLP sink")
     return parser.parse_args(argv)
 
 
@@ -153,6 +154,12 @@ def run(stack: BenchStack, args: argparse.Namespace, result: dict[str, Any]) -> 
     pipeline_phases(stack, mix, args, result)
     stack.stop_procs(pipeline_names())
 
+    if "tracing" not in args.skip:
+        say(f"bench: the pipeline again, tracing every process to a local OTLP sink on port {args.otlp_port}")
+        result["tracing"] = tracing_phase(stack, mix, args)
+        on, off = result["tracing"]["cpu_ms_per_order"], result["saturation"]["cpu_ms_per_order"]
+        say(f"bench: tracing on {on:.1f} ms CPU per order, off {off:.1f}: {on / off - 1:+.1%}")
+
     if "plain" not in args.skip:
         say(f"bench: the plain Celery saga, a worker x 2 on each of {', '.join(PLAIN_QUEUES)}")
         result["plain_celery"] = plain_phase(stack, mix.skus, args)
@@ -163,11 +170,31 @@ def run(stack: BenchStack, args: argparse.Namespace, result: dict[str, Any]) -> 
         result["bare_celery"] = baselines.bare_celery(stack, tasks=args.noop_tasks, workers=workers, concurrency=2)
 
 
+def tracing_phase(stack: BenchStack, mix: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Warm-up and saturation as before, with OTEL_TRACES_EXPORTER=otlp in every pipeline process, exporting to
+    a sink that discards what it gets; the sink's own CPU is left out of the CPU per order."""
+    sink = stack.start_otlp_sink(args.otlp_port)
+    endpoint = f"http://127.0.0.1:{args.otlp_port}"
+    stack.start_pipeline(env={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    try:
+        saturation, _, _, cpu = measured_saturation(stack, mix, args, leave_out=(sink,))
+    finally:
+        stack.stop_procs([*pipeline_names(), sink])
+    saturation["cpu_s"] = {name: round(value, 2) for name, value in cpu.items()}
+    saturation["sink"] = stack.log_tail(sink, 1).strip()
+    return saturation
+
+
 def measured_saturation(
-    stack: BenchStack, mix: Any, args: argparse.Namespace, *, queues: list[str] | None = None
+    stack: BenchStack,
+    mix: Any,
+    args: argparse.Namespace,
+    *,
+    queues: list[str] | None = None,
+    leave_out: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], dict, dict, dict[str, float]]:
-    """Warm-up, then saturation with the CPU of every process and of the bench process; returns the
-    saturation results, the samples before and after it, and CPU seconds per process."""
+    """Warm-up, then saturation with the CPU of every process (but those in `leave_out`) and of the bench
+    process; returns the saturation results, the samples before and after it, and CPU seconds per process."""
     from bench import workload
 
     if args.warmup_orders:
@@ -179,7 +206,7 @@ def measured_saturation(
     saturation = workload.saturation(stack, mix, args.orders, stall_timeout=args.stall_timeout)
     during = stack.sample()
     workload.wait_quiet(stack, queues=queues)
-    cpu = {name: during[name].cpu_s - first[name].cpu_s for name in during if name in first}
+    cpu = {name: during[name].cpu_s - first[name].cpu_s for name in during if name in first and name not in leave_out}
     saturation["cpu_ms_per_order"] = 1000 * (sum(cpu.values()) + saturation["bench_process_cpu_s"]) / args.orders
     rate, cpu_ms = saturation["orders_per_s"], saturation["cpu_ms_per_order"]
     say(f"bench: saturation {rate:.1f} orders/s, {cpu_ms:.1f} ms CPU per order")

@@ -16,7 +16,11 @@ TARGETS = {
     "p50_ms_at_50pct": ("<=", 60.0),
     "p99_ms_at_50pct": ("<=", 250.0),
     "worker_memory_growth": ("<=", 0.10),
+    "tracing_cpu_overhead": ("<=", 0.10),
 }
+
+
+PERCENTAGES = {"worker_memory_growth", "tracing_cpu_overhead"}
 
 
 def ratios(result: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +41,8 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
     if half := phases.get(0.5):
         out["p50_ms_at_50pct"] = half["latency"]["p50_ms"]
         out["p99_ms_at_50pct"] = half["latency"]["p99_ms"]
+    if saturation and (traced := result.get("tracing")):
+        out["tracing_cpu_overhead"] = traced["cpu_ms_per_order"] / saturation["cpu_ms_per_order"] - 1
     growth = result.get("memory", {}).get("growth") or result.get("worker_memory_growth")
     if growth:
         out["worker_memory_growth"] = max(abs(value) for value in growth.values())
@@ -45,7 +51,7 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
 
 def _target(name: str) -> str:
     op, bound = TARGETS[name]
-    return f"{op} {bound:.0%}" if name == "worker_memory_growth" else f"{op} {bound:g}"
+    return f"{op} {bound:.0%}" if name in PERCENTAGES else f"{op} {bound:g}"
 
 
 def _met(name: str, value: float) -> bool:
@@ -108,6 +114,10 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  {'  CPU per order, all processes (ms)':<50}{plain['cpu_ms_per_order']:>14.1f}")
         per_order = ", ".join(f"{name} {1000 * cpu / plain['orders']:.1f}" for name, cpu in plain["cpu_s"].items())
         lines.append(f"    ms/order: {per_order}")
+    if traced := result.get("tracing"):
+        label = f"pipeline, tracing on (OTLP to a sink; {_n(traced['orders'])} orders)"
+        lines.append(f"  {label:<50}{_n(traced['orders_per_s'], 1):>14} orders/s")
+        lines.append(f"  {'  CPU per order, all processes but the sink (ms)':<50}{traced['cpu_ms_per_order']:>14.1f}")
     if result.get("latency"):
         lines.append("")
         header = f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'n':>7}{'lost':>6}"
@@ -157,9 +167,10 @@ def table(result: dict[str, Any]) -> str:
         "p50_ms_at_50pct": "p50 at 50% of saturation (ms)",
         "p99_ms_at_50pct": "p99 at 50% of saturation (ms)",
         "worker_memory_growth": "worker RSS growth (largest)",
+        "tracing_cpu_overhead": "CPU per order, tracing on vs off",
     }
     for name, row in result.get("ratios", {}).items():
-        value = f"{row['value']:.1%}" if name == "worker_memory_growth" else f"{row['value']:.3g}"
+        value = f"{row['value']:.1%}" if name in PERCENTAGES else f"{row['value']:.3g}"
         lines.append(f"  {labels[name]:<46}{value:>12}{row['target']:>10}  {'met' if row['met'] else 'MISSED'}")
     return "\n".join(lines)
 

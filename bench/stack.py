@@ -3,6 +3,8 @@ directory, the pipeline's processes, and the measurements the bench takes of the
 
 from __future__ import annotations
 
+import sys
+
 from kombu import Connection
 
 from bench.plain import QUEUE_NAMES as PLAIN_QUEUES
@@ -13,6 +15,7 @@ from devstack.config import StackConfig
 from devstack.stack import Stack, expected_consumers, queue_state
 
 RELAY = "relay"
+OTLP_SINK = "otlp-sink"
 
 
 def consumed() -> dict[str, tuple[str, ...]]:
@@ -34,12 +37,23 @@ class BenchStack(Stack):
         super().__init__(config, fresh=True, overrides={**env, **(overrides or {})})
         self._queries: Connection | None = None
 
-    def start_pipeline(self) -> None:
-        """One worker per service and the relay, as `make run` starts them."""
-        for name in consumed():
-            self.start_worker(name, loglevel="WARNING")
-        self.start_relay(RELAY)
+    def start_pipeline(self, *, env: dict[str, str] | None = None) -> None:
+        """One worker per service and the relay, as `make run` starts them (with `env` added, if given)."""
+        shared = dict(self.processes.env)
+        self.processes.env.update(env or {})
+        try:
+            for name in consumed():
+                self.start_worker(name, loglevel="WARNING")
+            self.start_relay(RELAY)
+        finally:
+            self.processes.env.clear()
+            self.processes.env.update(shared)
         self.wait_consuming(expected_consumers(list(consumed())))
+
+    def start_otlp_sink(self, port: int) -> str:
+        """A process that takes OTLP/HTTP exports on `port` and discards them (bench/otlp_sink.py)."""
+        self.processes.start(OTLP_SINK, [sys.executable, "-m", "bench.otlp_sink", str(port)])
+        return OTLP_SINK
 
     def start_noop_workers(self, count: int, concurrency: int) -> list[str]:
         names = [f"noop{i}" for i in range(1, count + 1)]

@@ -23,7 +23,7 @@ RABBIT_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 RABBIT_CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 SYSTEM_PACKAGES = {"rabbitmq-server": RABBIT_SERVER, "redis-server": Path("/usr/bin/redis-server")}
 # The browser test drives Debian's Chromium; Playwright's own browser download cannot be relied on.
-TEST_PACKAGES = {"chromium": Path("/usr/bin/chromium")}
+TEST_PACKAGES = {"chromium": Path("/usr/bin/chromium"), "prometheus": Path("/usr/bin/promtool")}
 
 
 class StackError(RuntimeError):

@@ -109,6 +109,11 @@ class StackConfig:
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
 
+    @property
+    def metrics_dir(self) -> Path:
+        """PROMETHEUS_MULTIPROC_DIR of the stack's processes: each keeps its metrics there, /metrics adds them up."""
+        return self.run_dir / "metrics"
+
     def server_ports(self) -> dict[str, int]:
         """Every port the servers of this stack listen on, by the variable (or option) that moves it."""
         ports = {"REDIS_PORT": self.redis_port}

@@ -60,6 +60,7 @@ class Stack:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": self.settings,
             **self.config.connection_env(),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.config.metrics_dir),
             "CELERY_BROKER_URL": self.broker_url,
             "PYTHONUNBUFFERED": "1",
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -95,6 +96,9 @@ class Stack:
             for entry in run_dir.iterdir():
                 if entry not in kept:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        # Metrics start from zero with the stack: no file of an earlier run's processes is added to its totals.
+        shutil.rmtree(self.config.metrics_dir, ignore_errors=True)
+        self.config.metrics_dir.mkdir()
 
     # --- servers
 
@@ -191,7 +195,7 @@ class Stack:
 
         name = name or service
         argv = pipeline.worker_argv(pipeline.service(service), name=name, concurrency=concurrency, **options)
-        self.processes.start(name, argv, env=self._as_user(service_user(service)))
+        self.processes.start(name, argv, env={**self._as_user(service_user(service)), "OTEL_SERVICE_NAME": service})
         return name
 
     def start_relay(self, name: str = "relay", *, poll: float | None = None) -> str:
@@ -200,16 +204,16 @@ class Stack:
 
         users = [service_user(producer) for producer in producers()]
         publishers = ",".join(f"{user}:{self.config.credentials.password(user)}" for user in users)
-        env = {**self._as_user(None), "EVENTBUS_PUBLISHER_CREDENTIALS": publishers}
+        env = {**self._as_user(None), "EVENTBUS_PUBLISHER_CREDENTIALS": publishers, "OTEL_SERVICE_NAME": "relay"}
         self.processes.start(name, pipeline.relay_argv(name, poll=poll), env=env)
         return name
 
     def start_web(self, port: int | None = None) -> None:
         argv = pipeline.web_argv(self.config.host, port or self.config.web_port)
-        self.processes.start("web", argv, env=self._as_ops())
+        self.processes.start("web", argv, env={**self._as_ops(), "OTEL_SERVICE_NAME": "web"})
 
     def start_beat(self) -> None:
-        self.processes.start("beat", pipeline.beat_argv(), env=self._as_ops())
+        self.processes.start("beat", pipeline.beat_argv(), env={**self._as_ops(), "OTEL_SERVICE_NAME": "beat"})
 
     def start_flower(self, port: int | None = None) -> None:
         argv = pipeline.flower_argv(self.config.host, port or self.config.flower_port, self.config.management_url)

@@ -7,7 +7,7 @@ class EventbusConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from eventbus import retention, worker  # noqa: F401  (its system check; the worker start-up signal)
+        from eventbus import retention, telemetry, worker  # noqa: F401  (a system check; Celery signals)
         from eventbus.handling import register_tasks
 
         # Contracts and subscriptions register themselves on import; the handlers' tasks follow from them.

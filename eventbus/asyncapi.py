@@ -15,6 +15,7 @@ from eventbus.contracts import Contract, all_contracts
 from eventbus.envelope import CONTENT_TYPE, REQUIRED_ATTRIBUTES
 from eventbus.subscriptions import subscribers
 from eventbus.topology import dead_letter_queue, event_exchange
+from eventbus.tracing import TRACEPARENT
 
 ASYNCAPI_VERSION = "2.6.0"
 AMQP_BINDING_VERSION = "0.2.0"
@@ -302,6 +303,18 @@ def _envelope_schema() -> Schema:
                 "type": "integer",
                 "minimum": 0,
                 "description": "Length of the causation chain; past the hop limit an event is dead-lettered.",
+            },
+            "traceparent": {
+                "type": "string",
+                "pattern": f"^{TRACEPARENT.pattern}$",
+                "description": (
+                    "CloudEvents Distributed Tracing extension: the W3C `traceparent` of the request or handler "
+                    "that caused the event (absent when there was none). A consumer drops a malformed one."
+                ),
+            },
+            "tracestate": {
+                "type": "string",
+                "description": "CloudEvents Distributed Tracing extension: the W3C `tracestate` of `traceparent`.",
             },
             "data": {"type": "object", "description": "The event's own data, as its version's schema says."},
         },

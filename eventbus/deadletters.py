@@ -18,6 +18,7 @@ from django.utils import timezone
 from kombu import Connection
 from pydantic import ValidationError
 
+from eventbus import metrics
 from eventbus.envelope import CONTENT_TYPE, PoisonMessage, from_dict
 from eventbus.models import DeadLetter, DeadLetterReplay
 from eventbus.retention import event_expired
@@ -90,7 +91,7 @@ def store(
     text = text.replace("\x00", "\\x00")
     event_id, event_type = _identify(text) if content_type in ("", CONTENT_TYPE, "application/json") else ("", "")
     error_class = error_class_of(error, reason)
-    return DeadLetter.objects.create(
+    letter = DeadLetter.objects.create(
         reason=reason,
         queue=queue,
         handler=handler,
@@ -105,6 +106,8 @@ def store(
         traceback=traceback[-20_000:].replace("\x00", "\\x00"),
         attempts=attempts,
     )
+    metrics.dead_letter_stored(reason=reason, queue=queue)
+    return letter
 
 
 def _identify(text: str) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""CloudEvents 1.0 envelope in structured JSON mode, with correlation, causation and hop count."""
+"""CloudEvents 1.0 envelope in structured JSON mode, with correlation, causation, hop count and trace context."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from eventbus.contracts import Contract, EventData, lookup, upcast
+from eventbus.tracing import checked
 
 CONTENT_TYPE = "application/cloudevents+json"
 ACCEPTED_CONTENT_TYPES = frozenset({CONTENT_TYPE, "application/json"})
@@ -34,6 +35,9 @@ class CloudEvent:
     causationid: str = ""
     hops: int = 0
     subject: str = ""
+    # The CloudEvents Distributed Tracing extension: the W3C trace context of what caused the event.
+    traceparent: str = ""
+    tracestate: str = ""
 
     @property
     def contract(self) -> Contract:
@@ -54,6 +58,10 @@ class CloudEvent:
         }
         if self.subject:
             event["subject"] = self.subject
+        if self.traceparent:
+            event["traceparent"] = self.traceparent
+            if self.tracestate:
+                event["tracestate"] = self.tracestate
         return event
 
     def to_json(self) -> bytes:
@@ -67,7 +75,15 @@ class CloudEvent:
         return target.model.model_validate(data)
 
 
-def new_event(data: EventData, *, correlation_id: str = "", causation_id: str = "", hops: int = 0) -> CloudEvent:
+def new_event(
+    data: EventData,
+    *,
+    correlation_id: str = "",
+    causation_id: str = "",
+    hops: int = 0,
+    traceparent: str = "",
+    tracestate: str = "",
+) -> CloudEvent:
     """Wrap validated data in a fresh envelope; data goes through its JSON form so the wire is what we check."""
     contract = type(data).contract
     as_json = json.loads(data.model_dump_json(by_alias=True))
@@ -78,6 +94,8 @@ def new_event(data: EventData, *, correlation_id: str = "", causation_id: str = 
         correlationid=correlation_id,
         causationid=causation_id,
         hops=hops,
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
     event.payload()  # a producer bug fails here, inside its own transaction, not in every consumer
     return event
@@ -117,6 +135,7 @@ def from_dict(raw: Any) -> CloudEvent:
         causationid=str(raw.get("causationid", "")),
         hops=hops,
         subject=str(raw.get("subject", "")),
+        **checked(raw.get("traceparent"), raw.get("tracestate"), what=f"event {raw['id']}"),
     )
     try:
         event.payload()

@@ -12,10 +12,12 @@ so a worker outlives a database outage by itself.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
 import random
 import time
 import traceback
+from datetime import datetime
 from typing import Any
 
 import kombu.exceptions
@@ -35,13 +37,14 @@ from django.db import (
 )
 from pydantic import ValidationError
 
-from eventbus import deadletters
+from eventbus import deadletters, metrics, tracing
 from eventbus.authenticity import ForgedMessage, check_task_sender
 from eventbus.contracts import UnknownEventType
 from eventbus.envelope import CloudEvent, PoisonMessage, from_dict
 from eventbus.errors import EventExpired, PermanentError, TransientError
 from eventbus.models import DeadLetter, InboxMessage
 from eventbus.outbox import HopLimitExceeded, current_event
+from eventbus.receipts import receipt_headers, received_at, received_times
 from eventbus.retention import event_expired
 from eventbus.subscriptions import Handler, Subscriber, subscribers
 
@@ -87,6 +90,7 @@ def backoff(attempt: int) -> int:
     return max(1, round(random.uniform(ceiling / 2, ceiling)))  # noqa: S311 (jitter, not cryptography)
 
 
+@metrics.observe_handler_runs
 def run_handler(task: HandlerTask, handler: Handler, raw_event: dict[str, Any]) -> dict[str, Any]:
     """Apply `handler` to the event once. The result (kept by the result backend) says what happened,
     `done` or `duplicate`, and on which attempt, so retries are visible in Flower and the admin."""
@@ -96,7 +100,8 @@ def run_handler(task: HandlerTask, handler: Handler, raw_event: dict[str, Any]) 
             check_task_sender(handler.service, task.request.properties)
         event = from_dict(raw_event)
         _refuse_expired(handler, event)
-        outcome = apply_once(handler, event, task.request.id or "", attempt=attempt + 1)
+        delivered = received_at(received_times(task.request), event.id)
+        outcome = apply_once(handler, event, task.request.id or "", attempt=attempt + 1, delivered_at=delivered)
         return {"outcome": outcome, "attempt": attempt + 1}
     except ForgedMessage as error:
         _dead_letter(task, handler, raw_event, error, DeadLetter.Reason.FORGED, attempt + 1)
@@ -129,11 +134,12 @@ def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[s
             for raw in raw_events:
                 _store_dead_letter(subscriber.batch_task, subscriber.task_queue, raw, error, DeadLetter.Reason.FORGED)
             raise
-    task_id = task.request.id or ""
+    task_id, received = task.request.id or "", received_times(task.request)
     retries: list[tuple[Handler, dict[str, Any]]] = []
     try:
         with transaction.atomic():
-            handled = [_batch_event(subscriber, raw, task_id, retries) for raw in raw_events]
+            _one_batch_at_a_time(subscriber)
+            handled = [_batch_event(subscriber, raw, task_id, received, retries) for raw in raw_events]
     except Exception as error:
         logger.warning("%s: %s; its %d events go on one by one", subscriber.batch_task, error, len(raw_events))
         pairs = [(h, raw) for raw in raw_events for h in subscriber.handlers_for(str(raw.get("type", "")))]
@@ -144,7 +150,11 @@ def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[s
 
 
 def _batch_event(
-    subscriber: Subscriber, raw: dict[str, Any], task_id: str, retries: list[tuple[Handler, dict[str, Any]]]
+    subscriber: Subscriber,
+    raw: dict[str, Any],
+    task_id: str,
+    received: dict[str, float],
+    retries: list[tuple[Handler, dict[str, Any]]],
 ) -> dict[str, Any]:
     try:
         event = from_dict(raw)
@@ -153,20 +163,22 @@ def _batch_event(
         return {"id": str(raw.get("id", "")), "poison": str(error)}
     outcomes = {}
     for handler in subscriber.handlers_for(event.type):
-        outcomes[handler.name] = _batch_apply(handler, event, raw, task_id, retries)
+        outcomes[handler.name] = _batch_apply(handler, event, raw, task_id, received_at(received, event.id), retries)
     return {"id": event.id, "type": event.type, "handlers": outcomes}
 
 
+@metrics.observe_handler_runs
 def _batch_apply(
     handler: Handler,
     event: CloudEvent,
     raw: dict[str, Any],
     task_id: str,
+    delivered: datetime | None,
     retries: list[tuple[Handler, dict[str, Any]]],
 ) -> str:
     try:
         _refuse_expired(handler, event)
-        return apply_once(handler, event, task_id)  # a savepoint inside the batch's transaction
+        return apply_once(handler, event, task_id, delivered_at=delivered)  # a savepoint in the batch's transaction
     except DATABASE_UNAVAILABLE as error:
         if not _lost_a_lock_race(error):
             raise  # not this event's fault: the whole batch goes on one by one
@@ -189,17 +201,22 @@ def _batch_apply(
 def _send_alone(task: HandlerTask, pairs: list[tuple[Handler, dict[str, Any]]], *, retries: int) -> None:
     """Send each (handler, event) as that handler's own task, after `retries` tries, with backoff. Should the
     broker refuse, the batch goes back to its queue to run again: what it committed, its inbox absorbs."""
+    received = received_times(task.request)
     try:
         for handler, raw in pairs:
-            send_handler_task(task.app, handler, raw, retries=retries, countdown=backoff(retries))
+            receipt = {event_id: at for event_id, at in received.items() if event_id == raw.get("id")}
+            send_handler_task(task.app, handler, raw, received=receipt, retries=retries, countdown=backoff(retries))
     except Exception as error:
         logger.exception("could not send the events of a batch on one by one; the batch runs again")
         time.sleep(1)  # no hot redelivery loop; the task queue's delivery limit bounds it too
         raise Reject(error, requeue=True) from error
 
 
-def send_handler_task(app: Any, handler: Handler, raw_event: dict[str, Any], **options: Any) -> None:
-    """Send `raw_event` to `handler`'s own task, with the task id derived from both, on its service's queue."""
+def send_handler_task(
+    app: Any, handler: Handler, raw_event: dict[str, Any], *, received: dict[str, float] | None = None, **options: Any
+) -> None:
+    """Send `raw_event` to `handler`'s own task, with the task id derived from both, on its service's queue;
+    `received`: when the intake received it (eventbus.receipts)."""
     app.send_task(
         handler.name,
         args=[raw_event],
@@ -208,12 +225,16 @@ def send_handler_task(app: Any, handler: Handler, raw_event: dict[str, Any], **o
         routing_key=handler.task_queue,
         exchange=handler.task_queue,
         argsrepr=_events_repr([raw_event]),
+        headers=receipt_headers(received),
         **options,
     )
 
 
-def send_batch_task(app: Any, subscriber: Subscriber, raw_events: list[dict[str, Any]]) -> None:
-    """Send events of `subscriber` that are waiting together to its batch task."""
+def send_batch_task(
+    app: Any, subscriber: Subscriber, raw_events: list[dict[str, Any]], *, received: dict[str, float] | None = None
+) -> None:
+    """Send events of `subscriber` that are waiting together to its batch task; `received`: when the intake
+    received each (eventbus.receipts)."""
     queue = subscriber.task_queue
     app.send_task(
         subscriber.batch_task,
@@ -222,6 +243,7 @@ def send_batch_task(app: Any, subscriber: Subscriber, raw_events: list[dict[str,
         routing_key=queue,
         exchange=queue,
         argsrepr=_events_repr(raw_events),
+        headers=receipt_headers(received),
     )
 
 
@@ -231,14 +253,16 @@ def _events_repr(raw_events: list[dict[str, Any]]) -> str:
     return "[" + ", ".join(f"{raw.get('type')} {raw.get('id')}" for raw in raw_events) + "]"
 
 
-def apply_once(handler: Handler, event: CloudEvent, task_id: str = "", *, attempt: int = 1) -> str:
+def apply_once(
+    handler: Handler, event: CloudEvent, task_id: str = "", *, attempt: int = 1, delivered_at: datetime | None = None
+) -> str:
     """Apply `handler` to `event` unless it already was: `done`, or `duplicate` when its inbox row exists.
     The handler's effect, the events it publishes and the inbox row commit together (inside a caller's
     transaction, as a savepoint). What a worker runs, without the broker: tests call it to deliver by hand."""
     data = event.payload(handler.contract)
     token, attempt_token = current_event.set(event), _attempt.set(attempt)
     try:
-        with transaction.atomic():
+        with tracing.handler_span(handler.name, event), transaction.atomic():
             # Inserted first: a concurrent duplicate waits on this row's unique key, then fails.
             InboxMessage.objects.create(
                 handler=handler.name,
@@ -246,6 +270,7 @@ def apply_once(handler: Handler, event: CloudEvent, task_id: str = "", *, attemp
                 event_type=event.type,
                 correlation_id=event.correlationid,
                 task_id=task_id,
+                delivered_at=delivered_at,
             )
             handler.function(data, event)
     except IntegrityError:
@@ -257,6 +282,18 @@ def apply_once(handler: Handler, event: CloudEvent, task_id: str = "", *, attemp
         current_event.reset(token)
         _attempt.reset(attempt_token)
     return "done"
+
+
+def _one_batch_at_a_time(subscriber: Subscriber) -> None:
+    """On PostgreSQL, wait until no other batch of this service holds its transaction open. Batches lock the
+    rows their events touch in no common order (an order's products, say) and hold them until they commit:
+    two side by side deadlock, each time costing a second (measured: 207 deadlocks in 1000 orders, 6 orders/s).
+    One at a time they cannot, as on SQLite, whose writers always take turns; single tasks still run beside."""
+    database = transaction.get_connection()
+    if database.vendor == "postgresql":
+        digest = hashlib.blake2b(subscriber.batch_task.encode(), digest_size=8).digest()
+        with database.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest, "big", signed=True)])
 
 
 def _lost_a_lock_race(error: BaseException) -> bool:

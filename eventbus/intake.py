@@ -2,13 +2,13 @@
 
 For every event on a service's event queue it checks the envelope, the data against the contract
 and the publisher, then hands the event to Celery: an event that arrives alone becomes one task per
-subscribed handler, with a task id derived from (handler, event); events that arrive while others
-are still being read (the worker is behind) go together, up to EVENTBUS_BATCH_MAX, to one
-`<service>.handle_batch` task (eventbus.handling.run_batch). So an idle pipeline waits for nothing,
-and a busy one pays Celery's cost per task once per batch. An event is acknowledged only after the
-broker confirmed the task that carries it. What can never be handled goes to the dead-letter store
-at once; it is not retried. The same step files messages that RabbitMQ dead-lettered (delivery
-limit, rejection) from the service's `.dlq` queues.
+subscribed handler, with a task id derived from (handler, event); events that arrive while every
+pool process is busy, or while more are being read, go together, up to EVENTBUS_BATCH_MAX, to one
+`<service>.handle_batch` task (eventbus.handling.run_batch) once a process is free. So an idle
+pipeline waits for nothing, and a busy one pays Celery's cost per task once per batch. An event is
+acknowledged only after the broker confirmed the task that carries it. What can never be handled
+goes to the dead-letter store at once; it is not retried. The same step files messages that
+RabbitMQ dead-lettered (delivery limit, rejection) from the service's `.dlq` queues.
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ import json
 import logging
 import select
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import bootsteps
+from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from kombu import Consumer
 from kombu.message import Message
 
-from eventbus import deadletters
+from eventbus import deadletters, tracing
 from eventbus.authenticity import event_forgery
 from eventbus.envelope import CloudEvent, PoisonMessage, parse
 from eventbus.handling import reconnect_database, send_batch_task, send_handler_task
@@ -35,8 +36,8 @@ from eventbus.subscriptions import Handler, Subscriber, subscriber_for_task_queu
 from eventbus.topology import dead_letter_queue, subscriber_queue
 
 logger = logging.getLogger(__name__)
-# The longest an event waits for others while the connection has more to read.
-HAND_OVER_WAIT_SECONDS = 0.002
+# How often waiting events are looked at while the pool is busy or the connection has more to read.
+HAND_OVER_CHECK_SECONDS = 0.002
 
 
 def consumed_subscribers(app) -> list[Subscriber]:
@@ -52,6 +53,8 @@ class Waiting:
     event: CloudEvent
     handlers: list[Handler]
     message: Message
+    received: float  # time.monotonic()
+    received_at: float = field(default_factory=time.time)  # carried to the handler task (eventbus.receipts)
 
 
 class EventIntake(bootsteps.ConsumerStep):
@@ -129,21 +132,38 @@ class EventIntake(bootsteps.ConsumerStep):
             message.ack()
             return
         waiting = self.waiting.setdefault(subscriber.service, [])
-        waiting.append(Waiting(event, handlers, message))
-        if len(waiting) >= settings.EVENTBUS_BATCH_MAX or not self._more_to_read():
+        waiting.append(Waiting(event, handlers, message, time.monotonic()))
+        if len(waiting) >= settings.EVENTBUS_BATCH_MAX:
             self.hand_over(subscriber)
-        elif self.late_hand_over is None:
-            # More frames are waiting, likely more events: the next on_event decides. Should they be
-            # something else (task messages share the connection), a timer hands the events over.
-            hub = getattr(self.worker_consumer, "hub", None)
-            if hub is None:  # no event loop (a solo or threaded pool): nothing would fire the timer
-                self.hand_over(subscriber)
-            else:
-                self.late_hand_over = hub.call_later(HAND_OVER_WAIT_SECONDS, self._hand_over_late)
+        elif self._pool_busy() or self._more_to_read():
+            # Every pool process has work (a task sent now would wait), or the broker already sent more,
+            # likely events: they go together, as soon as a process is free or the frames are read.
+            self._hand_over_later()
+        else:
+            self.hand_over(subscriber)
+
+    def _hand_over_later(self) -> None:
+        if self.late_hand_over is not None:
+            return
+        hub = getattr(self.worker_consumer, "hub", None)
+        if hub is None:  # no event loop (a solo or threaded pool): nothing would fire the timer
+            self.hand_over_all()
+        else:
+            self.late_hand_over = hub.call_later(HAND_OVER_CHECK_SECONDS, self._hand_over_late)
 
     def _hand_over_late(self) -> None:
         self.late_hand_over = None
-        self.hand_over_all()
+        oldest = min((items[0].received for items in self.waiting.values() if items), default=None)
+        waited = time.monotonic() - oldest if oldest is not None else 0.0
+        if oldest is not None and self._pool_busy() and waited < settings.EVENTBUS_BATCH_WAIT_SECONDS:
+            self._hand_over_later()
+        else:
+            self.hand_over_all()
+
+    def _pool_busy(self) -> bool:
+        """Whether this worker already holds a task for each of its pool processes (running or next in line)."""
+        processes = getattr(getattr(self.worker_consumer, "pool", None), "num_processes", None)
+        return bool(processes) and len(worker_state.reserved_requests) >= processes
 
     def _more_to_read(self) -> bool:
         """Whether the broker already sent more (a message is three frames; py-amqp reads no further ahead)."""
@@ -162,11 +182,15 @@ class EventIntake(bootsteps.ConsumerStep):
         if not waiting:
             return
         try:
-            if len(waiting) == 1:
-                for handler in waiting[0].handlers:
-                    send_handler_task(self.app, handler, waiting[0].event.to_dict())
-            else:
-                send_batch_task(self.app, subscriber, [item.event.to_dict() for item in waiting])
+            with tracing.dispatch_span([item.event for item in waiting], subscriber.queue):
+                if len(waiting) == 1:
+                    received = {waiting[0].event.id: waiting[0].received_at}
+                    for handler in waiting[0].handlers:
+                        send_handler_task(self.app, handler, waiting[0].event.to_dict(), received=received)
+                else:
+                    received = {item.event.id: item.received_at for item in waiting}
+                    events = [item.event.to_dict() for item in waiting]
+                    send_batch_task(self.app, subscriber, events, received=received)
         except Exception:
             logger.exception("could not dispatch %d event(s); they go back to %s", len(waiting), subscriber.queue)
             self._requeue_later([item.message for item in waiting])

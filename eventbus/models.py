@@ -46,7 +46,11 @@ class InboxMessage(models.Model):
     event_type = models.CharField(max_length=200)
     correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
     task_id = models.CharField(max_length=64, blank=True)
+    # The row is inserted before the handler runs (see handling.apply_once): this is when the handling began.
     processed_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the worker's intake received the event (eventbus.receipts)."
+    )
 
     class Meta:
         ordering = ["-id"]

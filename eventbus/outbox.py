@@ -9,6 +9,7 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
+from eventbus import tracing
 from eventbus.commit_hooks import on_commit_once
 from eventbus.contracts import EventData
 from eventbus.envelope import CloudEvent, new_event
@@ -29,7 +30,8 @@ def publish(data: EventData, *, correlation_id: str = "") -> CloudEvent:
     """Record `data` as an event to publish once the surrounding transaction commits.
 
     Inside a handler the event continues the handled event's chain (its correlation id, the
-    handled event as causation); elsewhere it starts a chain under `correlation_id`."""
+    handled event as causation); elsewhere it starts a chain under `correlation_id`. It carries the
+    current trace context (eventbus.tracing.carried)."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("publish() must run inside the transaction whose change the event announces")
     cause = current_event.get()
@@ -37,18 +39,22 @@ def publish(data: EventData, *, correlation_id: str = "") -> CloudEvent:
         hops = cause.hops + 1
         if hops > settings.EVENTBUS_MAX_HOPS:
             raise HopLimitExceeded(f"{cause.type} {cause.id} is {cause.hops} hops from its origin")
-        event = new_event(data, correlation_id=cause.correlationid, causation_id=cause.id, hops=hops)
+        chain = {"correlation_id": cause.correlationid, "causation_id": cause.id, "hops": hops}
     else:
-        event = new_event(data, correlation_id=correlation_id)
+        chain = {"correlation_id": correlation_id}
     contract = type(data).contract
-    OutboxMessage.objects.create(
-        event_id=event.id,
-        event_type=event.type,
-        exchange=f"{contract.producer}.events",
-        routing_key=contract.routing_key,
-        correlation_id=event.correlationid or event.id,
-        body=event.to_dict(),
-    )
+    exchange = f"{contract.producer}.events"
+    with tracing.outbox_span(contract.type, exchange):
+        event = new_event(data, **chain, **tracing.carried(cause))
+        tracing.describe(event)
+        OutboxMessage.objects.create(
+            event_id=event.id,
+            event_type=event.type,
+            exchange=exchange,
+            routing_key=contract.routing_key,
+            correlation_id=event.correlationid or event.id,
+            body=event.to_dict(),
+        )
     on_commit_once(_nudge_after_commit)
     return event
 

@@ -22,7 +22,8 @@ from eventbus.handling import backoff
 from eventbus.models import OutboxMessage
 from eventbus.outbox import nudge_relay
 
-PUBLISHED_FIELDS = ("id", "event_id", "exchange", "routing_key", "body")
+# What the relay reads of a claimed row (publisher_of reads the type; the publish-age metric, created_at).
+PUBLISHED_FIELDS = ("id", "event_id", "event_type", "exchange", "routing_key", "body", "created_at")
 
 
 def lease() -> timedelta:

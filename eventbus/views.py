@@ -12,8 +12,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonRe
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
+from eventbus import metrics as pipeline_metrics
 from eventbus.health import PipelineHealth, pipeline_health, registered_figures
 
 
@@ -34,7 +36,8 @@ def health_page(request: HttpRequest) -> HttpResponse:
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    """The health figures in Prometheus' text format, for a staff session or `Authorization: Bearer <METRICS_TOKEN>`."""
+    """The health figures and the pipeline's metrics (eventbus.metrics) in Prometheus' text format, for a staff
+    session or `Authorization: Bearer <METRICS_TOKEN>`."""
     if not (_is_staff(request) or _has_metrics_token(request)):
         return HttpResponseForbidden("staff session or metrics bearer token required\n", content_type="text/plain")
     return HttpResponse(generate_latest(_registry(pipeline_health())), content_type=CONTENT_TYPE_PLAIN_0_0_4)
@@ -60,13 +63,33 @@ def _has_metrics_token(request: HttpRequest) -> bool:
 def _registry(health: PipelineHealth) -> CollectorRegistry:
     # A registry per request: the figures are read fresh each scrape, never kept between requests.
     registry = CollectorRegistry()
+    registry.register(_Collected(_health_families(health)))
+    registry.register(pipeline_metrics.exported())
+    return registry
 
-    def gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
-        return Gauge(f"orderpipe_{name}", documentation, labels, registry=registry)
+
+class _Collected:
+    """Metric families made for one scrape."""
+
+    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+        self.families = families
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        return self.families
+
+
+def _health_families(health: PipelineHealth) -> list[GaugeMetricFamily]:
+    # Metric families, not Gauge objects: with PROMETHEUS_MULTIPROC_DIR set a Gauge would write each scrape's
+    # figures to the shared directory, to be read back as another process's.
+    families: list[GaugeMetricFamily] = []
+
+    def gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+        families.append(GaugeMetricFamily(f"orderpipe_{name}", documentation, labels=labels))
+        return families[-1]
 
     up = gauge("up", "1 when the component answered this scrape.", ("component",))
-    up.labels("rabbitmq_management").set(health.error is None)
-    up.labels("redis").set(health.redis.up)
+    up.add_metric(["rabbitmq_management"], health.error is None)
+    up.add_metric(["redis"], health.redis.up)
     queue_figures = {
         "queue_messages": ("messages", "Messages in the queue (ready and unacknowledged)."),
         "queue_messages_ready": ("messages_ready", "Messages ready for delivery."),
@@ -80,22 +103,21 @@ def _registry(health: PipelineHealth) -> CollectorRegistry:
         metric = gauge(name, documentation, ("queue",))
         for queue in health.queues:
             if (value := getattr(queue, field)) is not None:
-                metric.labels(queue.name).set(value)
-    gauge("outbox_pending", "Outbox rows not yet published.").set(health.outbox.pending)
-    gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox row.").set(health.outbox.lag_seconds)
+                metric.add_metric([queue.name], value)
+    gauge("outbox_pending", "Outbox rows not yet published.").add_metric([], health.outbox.pending)
+    gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox row.").add_metric([], health.outbox.lag_seconds)
+    last_sent = gauge("outbox_last_sent_timestamp_seconds", "When the relay last published.")
     if health.outbox.last_sent_at:
-        gauge("outbox_last_sent_timestamp_seconds", "When the relay last published.").set(
-            health.outbox.last_sent_at.timestamp()
-        )
+        last_sent.add_metric([], health.outbox.last_sent_at.timestamp())
     dead_letters = gauge("dead_letters", "Dead letters in the store.", ("state",))
-    dead_letters.labels("all").set(health.dead_letters.total)
-    dead_letters.labels("unreplayed").set(health.dead_letters.unreplayed)
+    dead_letters.add_metric(["all"], health.dead_letters.total)
+    dead_letters.add_metric(["unreplayed"], health.dead_letters.unreplayed)
     for figures in registered_figures():
         metric = gauge(figures.name, f"{figures.description}.", (figures.label,))
         for value, count in health.figures[figures.name].items():
-            metric.labels(value).set(count)
+            metric.add_metric([value], count)
     last_event = gauge("last_event_timestamp_seconds", "Newest event recorded in the outbox or handled.", ("stage",))
     for stage, at in (("recorded", health.last_event_recorded_at), ("handled", health.last_event_handled_at)):
         if at:
-            last_event.labels(stage).set(at.timestamp())
-    return registry
+            last_event.add_metric([stage], at.timestamp())
+    return families

@@ -1,9 +1,12 @@
 """Orders in the admin: place an order with its lines (a form and a formset that call order_place, as the
-API does), and watch it: status, legs, and the timeline of its saga with links to Flower."""
+API does), and watch it: status, legs, the timeline of its saga with links to Flower, and its trace as a
+waterfall (each event's hops laid out in time, from what the pipeline records)."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from typing import Any
 
 from django import forms
 from django.conf import settings
@@ -17,8 +20,9 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from eventbus.selectors import Hop, Lane, Waterfall
 from orders.models import MAX_QUANTITY_PER_LINE, CatalogProduct, Order, OrderLine
-from orders.selectors import order_timeline
+from orders.selectors import order_timeline, order_waterfall
 from orders.services import PAYMENT_TOKEN, LineRequest, OrderRejected, order_place
 
 
@@ -105,6 +109,7 @@ class OrderAdmin(admin.ModelAdmin):
     search_fields = ["id", "customer_email", "cancel_reason"]
     date_hierarchy = "created_at"
     inlines = [OrderLineInline]
+    change_form_template = "admin/orders/order/change_form.html"  # adds the waterfall below the lines
     fields = readonly_fields = [
         "id", "customer_email", "status", "cancel_reason", "total_amount", "currency",
         "stock_leg", "stock_reason", "payment_leg", "payment_reason", "created_at", "decided_at", "timeline",
@@ -150,6 +155,20 @@ class OrderAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/orders/order/place.html", context)
 
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Order | None = None,
+    ) -> HttpResponse:
+        """The order's page, with its trace laid out as a waterfall below its lines."""
+        if obj is not None:
+            context["trace"] = _trace_context(order_waterfall(order_id=obj.pk))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     @admin.display(description="Timeline")
     def timeline(self, order: Order) -> str:
         rows = format_html_join(
@@ -167,6 +186,66 @@ class OrderAdmin(admin.ModelAdmin):
 TIMELINE_HEADER = mark_safe(
     "<tr><th>time</th><th>event</th><th>id</th><th>relay</th><th>handler tasks (open in Flower)</th></tr>"
 )
+
+
+HOP_COLUMNS = ("written", "published", "delivered", "started", "handled")
+# What the stretch before each hop is called on the page.
+STRETCH = {"published": "outbox", "delivered": "broker", "started": "queued", "handled": "ran"}
+
+
+def _trace_context(waterfall: Waterfall) -> dict[str, Any]:
+    """The waterfall as the template draws it: per lane, a cell per hop column and its bar's segments placed in
+    percent of the saga's span."""
+    span = max(waterfall.span, timedelta(milliseconds=1))
+    template = settings.TRACE_URL_TEMPLATE
+    return {
+        "waterfall": waterfall,
+        "span": _duration(waterfall.span),
+        "trace_links": [(trace_id, template.replace("{trace_id}", trace_id) if template else "")
+                        for trace_id in waterfall.trace_ids],
+        "rows": [_lane_row(lane, span) for lane in waterfall.lanes],
+        "flower_url": settings.FLOWER_URL,
+    }  # fmt: skip
+
+
+def _lane_row(lane: Lane, span: timedelta) -> dict[str, Any]:
+    hops = {hop.name: hop for hop in lane.hops}
+    bars = [
+        {"kind": segment.kind, "title": f"{segment.kind} {_duration(segment.end - segment.start)}",
+         "left": f"{segment.start / span * 100:.3f}", "width": f"{(segment.end - segment.start) / span * 100:.3f}"}
+        for segment in lane.segments
+    ]  # fmt: skip
+    return {
+        "lane": lane,
+        "indent": f"{0.6 + lane.depth * 0.8 + (1.2 if lane.handler else 0):.1f}em",
+        "cells": [_hop_cell(lane, hops, name) if name in hops else None for name in HOP_COLUMNS],
+        "bars": bars,
+    }
+
+
+def _hop_cell(lane: Lane, hops: dict[str, Hop], name: str) -> dict[str, str]:
+    """When the hop happened (after the saga's first event), and how long the stretch before it took."""
+    hop = hops[name]
+    if hop.offset is not None:
+        text = f"+{_duration(hop.offset)}"
+    elif lane.status == "pending":
+        text = "retrying" if lane.state == "RETRY" and name == "handled" else "pending"
+    else:  # a failed handling has no inbox row; one handled before receipts were recorded has no delivery time
+        text = "-" if lane.status == "failed" else "not recorded"
+    if name == "handled" and lane.status == "failed":
+        text = f"failed {text}"
+    detail = f"{STRETCH[name]} {_duration(hop.took)}" if name in STRETCH and hop.took is not None else ""
+    return {"name": name, "text": text, "detail": detail, "status": "done" if hop.at else lane.status}
+
+
+def _duration(delta: timedelta) -> str:
+    ms = delta / timedelta(milliseconds=1)
+    sign, ms = ("-" if ms < 0 else ""), abs(ms)
+    if ms < 1000:
+        return f"{sign}{ms:.1f} ms"
+    if ms < 60_000:
+        return f"{sign}{ms / 1000:.2f} s"
+    return f"{sign}{ms / 60_000:.1f} min"
 
 
 def _line_rows_media() -> forms.Media:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from eventbus.health import bounded_count
-from eventbus.selectors import TimelineEntry, timeline
+from eventbus.selectors import TimelineEntry, Waterfall, timeline, waterfall
 from orders.models import Order
 
 
@@ -16,6 +16,11 @@ def order_get(*, order_id: UUID) -> Order | None:
 def order_timeline(*, order_id: UUID) -> list[TimelineEntry]:
     """Every event of the order's saga, in and out, with its handler tasks' ids and states."""
     return timeline(str(order_id))
+
+
+def order_waterfall(*, order_id: UUID) -> Waterfall:
+    """The order's saga laid out in time: each event's hops (written, published, delivered, handled)."""
+    return waterfall(correlation_id=str(order_id))
 
 
 def order_count_per_status() -> dict[str, int]:

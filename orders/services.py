@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from eventbus.outbox import publish
 from orders.events import OrderCancelled, OrderConfirmed, OrderItem
+from orders.metrics import order_decided
 from orders.models import MAX_QUANTITY_PER_LINE, CatalogProduct, Order, OrderLine
 from orders.saga import decide
 from orders.signals import order_placed
@@ -174,6 +175,7 @@ def _record(order: Order, *, stock: str | None = None, payment: str | None = Non
 
 def _decide(order: Order, status: str, reason: str = "") -> None:
     order.status, order.cancel_reason, order.decided_at = status, reason, timezone.now()
+    order_decided(order)
     if status == Order.Status.CONFIRMED:
         lines = list(order.lines.all())
         publish(

@@ -1,6 +1,6 @@
 """In headless Chromium: log into the admin, place an order with three lines, watch it become
-confirmed on its page, then find its tasks in Flower; open the API docs and see them render from the
-site's own files. Screenshots go to SCREENSHOT_DIR."""
+confirmed on its page and its trace's waterfall reach every handler, then find its tasks in Flower; open the
+API docs and see them render from the site's own files. Screenshots go to SCREENSHOT_DIR."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_d
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / ".run" / "screenshots"))
 # Without these, Chromium keeps reaching for Google services that this closed network refuses.
+TRACE_URL_TEMPLATE = "http://127.0.0.1:16686/trace/{trace_id}"  # Jaeger's UI, as docker-compose.yml has it
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]  # fmt: skip
 
@@ -42,7 +43,9 @@ def site(workers: Stack, stack_env: dict[str, str]) -> Iterator[Site]:
     web_port, flower_port = free_port(), free_port()
     flower_auth = ("admin", secrets.token_urlsafe(12))
     env = {**stack_env, "FLOWER_URL": f"http://127.0.0.1:{flower_port}",
-           "FLOWER_BASIC_AUTH": ":".join(flower_auth)}  # fmt: skip
+           "FLOWER_BASIC_AUTH": ":".join(flower_auth),
+           # The web process traces (to its log), so an order placed in the admin starts a trace the page links.
+           "OTEL_TRACES_EXPORTER": "console", "TRACE_URL_TEMPLATE": TRACE_URL_TEMPLATE}  # fmt: skip
     stack = process_stack(env, web_port=web_port, flower_port=flower_port)
     try:
         stack.start_flower()
@@ -127,6 +130,31 @@ def test_an_order_placed_in_the_admin_is_confirmed_and_its_tasks_show_in_flower(
                   "orders.OrderConfirmed.v1", "payments.PaymentCaptured.v1"]:  # fmt: skip
         assert event in timeline
     page.screenshot(path=SCREENSHOTS / "admin-order-confirmed.png", full_page=True)
+
+    # And its trace, drawn as a waterfall below, reaches every handler: each hop handled, each delivery timed
+    waterfall = page.locator("#trace-waterfall")
+    for _ in range(30):
+        if "Every hop handled" in waterfall.locator(".wf-state").inner_text():
+            break
+        page.wait_for_timeout(1000)
+        page.reload()
+    assert "Every hop handled" in waterfall.locator(".wf-state").inner_text()
+    lanes = waterfall.locator("tr.wf-lane")
+    statuses = [lanes.nth(i).get_attribute("data-status") for i in range(lanes.count())]
+    handlers = [name for i in range(lanes.count()) if (name := lanes.nth(i).get_attribute("data-handler"))]
+    assert set(statuses) == {"done"} and lanes.count() == 11  # five events, six handlings
+    assert set(handlers) == {"inventory.reserve_stock", "payments.authorize_payment", "orders.stock_reserved",
+                             "orders.payment_authorized", "inventory.commit_stock",
+                             "payments.capture_payment"}  # fmt: skip
+    for hop in ["published", "delivered", "started", "handled"]:
+        cells = waterfall.locator(f'td[data-hop="{hop}"]')
+        assert cells.count() and all(cells.nth(i).inner_text().startswith("+") for i in range(cells.count())), hop
+    assert waterfall.locator("tr.wf-lane .wf-bar.wf-handler").count() == len(handlers)
+    trace_id = waterfall.locator(".trace-id code").inner_text()
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id), "one trace id for the whole saga"
+    assert waterfall.locator("a.trace-link").get_attribute("href") == TRACE_URL_TEMPLATE.format(trace_id=trace_id)
+    waterfall.scroll_into_view_if_needed()
+    waterfall.screenshot(path=SCREENSHOTS / "admin-order-waterfall.png")
 
     # And Flower, behind its basic auth, lists the handler tasks of all three services
     flower = browser.new_context(

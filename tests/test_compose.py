@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from django.conf import settings
+from django.urls import reverse
 
 from devstack import pipeline
 
@@ -19,22 +20,28 @@ ENV_EXAMPLE = ROOT / ".env.example"
 SETTINGS_FILES = sorted((ROOT / "orderproj" / "settings").glob("*.py"))
 
 APP_SERVICES = ("migrate", "web", "worker-orders", "worker-inventory", "worker-payments", "relay", "beat", "flower")
-SERVICES = ("rabbitmq", "postgres", "redis", *APP_SERVICES)
+OBSERVABILITY = ("jaeger", "prometheus", "grafana")
+SERVICES = ("rabbitmq", "postgres", "redis", *APP_SERVICES, *OBSERVABILITY)
 # Variables the app containers get that something other than orderproj/settings reads.
 NON_SETTINGS_VARIABLES = {
     "DJANGO_SETTINGS_MODULE": "Django: which settings module to load",
     "FLOWER_BASIC_AUTH": "Flower reads it itself (its FLOWER_ option variables)",
     "ADMIN_PASSWORD": "the migrate service's command hands it to `manage.py ensure_admin`",
+    "PROMETHEUS_MULTIPROC_DIR": "prometheus_client reads it itself (eventbus.metrics)",
+    "OTEL_SERVICE_NAME": "the OpenTelemetry SDK reads it itself (eventbus.telemetry)",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "the OpenTelemetry SDK reads it itself (eventbus.telemetry)",
 }
 BROKER_PASSWORDS = ("BROKER_PASSWORD_OPS", "BROKER_PASSWORD_ORDERS", "BROKER_PASSWORD_INVENTORY",
                     "BROKER_PASSWORD_PAYMENTS")  # fmt: skip
 SECRETS = ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS", "ADMIN_PASSWORD", "FLOWER_BASIC_AUTH",
-           "EVENTBUS_SEAL_KEY", *BROKER_PASSWORDS)  # fmt: skip
+           "EVENTBUS_SEAL_KEY", "METRICS_TOKEN", *BROKER_PASSWORDS)  # fmt: skip
 # The broker user each app container connects as (eventbus.identities); the relay names none of its own.
 BROKER_USERS = {"migrate": "ops", "web": "ops", "beat": "ops", "flower": "ops", "worker-orders": "orders",
                 "worker-inventory": "inventory", "worker-payments": "payments", "relay": None}  # fmt: skip
 CELERY_WORKER = ["celery", "-A", "orderproj", "worker"]
-PUBLISHED = {"web": ["8000"], "flower": ["5555"], "rabbitmq": ["5672", "15672"]}
+PUBLISHED = {"web": ["8000"], "flower": ["5555"], "rabbitmq": ["5672", "15672"], "jaeger": ["16686", "4317", "4318"],
+             "prometheus": ["9090"], "grafana": ["3000"]}  # fmt: skip
+OBSERVABILITY_DOCS = ROOT / "docs" / "observability"
 
 ENV_READ = re.compile(
     r"""\b(?:os\.environ\.get|env_bool|env_int|env_duration|env_rate|required|_port|_choice|_count)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
@@ -223,3 +230,68 @@ def test_env_example_lists_every_variable_and_leaves_secrets_empty():
     for secret in SECRETS:
         assert lines[secret] == "", f"{secret} has a value in .env.example"
     assert lines["RABBITMQ_DEFAULT_USER"] not in ("", "guest")
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A service's files from the checkout: target in the container -> the file here."""
+    mounts = [mount.split(":") for mount in service.get("volumes", []) if mount.startswith("./")]
+    return {target: ROOT / source for source, target, *_ in mounts}
+
+
+def test_every_app_process_keeps_its_metrics_in_one_shared_volume(compose, services):
+    # Given the directory prometheus_client's multiprocess mode writes to, and the volume every app container mounts
+    directory = compose["x-app"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"] == directory, name
+        assert f"app-metrics:{directory}" in services[name]["volumes"], name
+    assert "app-metrics" in compose["volumes"]
+    # A new volume takes the owner of the image's directory: the app's user must be able to write there.
+    assert f"chown app:app {directory}" in (ROOT / "Dockerfile").read_text()
+
+
+def test_prometheus_scrapes_the_web_process_with_the_metrics_token(compose, services):
+    config = yaml.safe_load((OBSERVABILITY_DOCS / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == reverse("metrics")
+    web_port = option(argv(services["web"]), "--bind").rsplit(":", 1)[1]
+    assert job["static_configs"] == [{"targets": [f"web:{web_port}"]}]
+    # The token reaches Prometheus as a secret file, the web process as METRICS_TOKEN, both from .env.
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/metrics_token"}
+    assert services["prometheus"]["secrets"] == ["metrics_token"]
+    assert compose["secrets"]["metrics_token"] == {"environment": "METRICS_TOKEN"}
+    assert services["web"]["environment"]["METRICS_TOKEN"].startswith("${METRICS_TOKEN:?")
+    # Prometheus asks for Host web:8000, which Django refuses unless it is an allowed host.
+    allowed_by_default = services["web"]["environment"]["DJANGO_ALLOWED_HOSTS"].split(":-", 1)[1].rstrip("}")
+    assert "web" in allowed_by_default.split(",")
+    mounts = bind_mounts(services["prometheus"])
+    assert mounts["/etc/prometheus/prometheus.yml"] == OBSERVABILITY_DOCS / "prometheus.yml"
+    for rule_file in config["rule_files"]:
+        assert mounts[f"/etc/prometheus/{rule_file}"] == OBSERVABILITY_DOCS / rule_file
+
+
+def test_grafana_gets_its_data_sources_and_the_dashboard_from_the_docs(services):
+    mounts = bind_mounts(services["grafana"])
+    provisioning = "/etc/grafana/provisioning"
+    assert mounts[f"{provisioning}/datasources/orderpipe.yml"] == OBSERVABILITY_DOCS / "grafana" / "datasources.yml"
+    assert mounts[f"{provisioning}/dashboards/orderpipe.yml"] == OBSERVABILITY_DOCS / "grafana" / "dashboards.yml"
+    (provider,) = yaml.safe_load((OBSERVABILITY_DOCS / "grafana" / "dashboards.yml").read_text())["providers"]
+    assert mounts[f"{provider['options']['path']}/orderpipe.json"] == OBSERVABILITY_DOCS / "dashboard.json"
+    # Each data source names a compose service on the port it listens on.
+    sources = yaml.safe_load((OBSERVABILITY_DOCS / "grafana" / "datasources.yml").read_text())["datasources"]
+    assert {source["type"]: source["url"] for source in sources} == {
+        "prometheus": "http://prometheus:9090",
+        "jaeger": "http://jaeger:16686",
+    }
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${ADMIN_PASSWORD:?")
+
+
+def test_jaeger_is_the_all_in_one_image_receiving_otlp(services):
+    assert services["jaeger"]["image"].startswith("jaegertracing/all-in-one:")
+    assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+
+
+def test_every_file_compose_mounts_from_the_checkout_exists(services):
+    for name, service in services.items():
+        for target, source in bind_mounts(service).items():
+            assert source.is_file(), f"{name} mounts {source} at {target}, which does not exist"

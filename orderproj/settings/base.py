@@ -81,6 +81,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
+    "eventbus.tracing.RequestTraceContext",  # a `traceparent` header goes on into the events, tracing on or off
 ]
 # Debug pages and error reports hide connection URLs, the database's path and secret-named variables.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "orderproj.errors.SecretsHidingFilter"
@@ -156,6 +157,19 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", f"amqp://guest:guest@127
 RABBITMQ_MANAGEMENT_URL = os.environ.get("RABBITMQ_MANAGEMENT_URL", f"http://127.0.0.1:{RABBITMQ_MANAGEMENT_PORT}")
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")  # bearer token for Prometheus scrapes of /metrics
 FLOWER_URL = os.environ.get("FLOWER_URL", f"http://127.0.0.1:{env_int('FLOWER_PORT', 5555)}")
+# The order page links its trace there, `{trace_id}` replaced: Jaeger's UI is http://localhost:16686/trace/{trace_id}.
+TRACE_URL_TEMPLATE = os.environ.get("TRACE_URL_TEMPLATE", "")
+
+# --- Tracing (OpenTelemetry; eventbus.telemetry). The exporters, comma-separated: otlp (OTLP over HTTP to
+# OTEL_EXPORTER_OTLP_ENDPOINT), console, or none (the default: off, nothing loaded). The SDK reads its other
+# OTEL_* variables itself; OTEL_SERVICE_NAME overrides the name each process gives itself (web, relay, ...).
+OTEL_TRACES_EXPORTER = tuple(
+    sorted({name.strip() for name in os.environ.get("OTEL_TRACES_EXPORTER", "none").lower().split(",")} - {"", "none"})
+)
+if set(OTEL_TRACES_EXPORTER) - {"otlp", "console"}:
+    raise ImproperlyConfigured(
+        f"OTEL_TRACES_EXPORTER={os.environ['OTEL_TRACES_EXPORTER']!r}: choose otlp, console, otlp,console or none"
+    )
 
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
@@ -301,6 +315,8 @@ EVENTBUS_QUEUE_DELIVERY_LIMIT = env_int("EVENTBUS_QUEUE_DELIVERY_LIMIT", 20)
 EVENTBUS_INTAKE_PREFETCH = env_int("EVENTBUS_INTAKE_PREFETCH", 64)
 # Most events of one service handed to one `<service>.handle_batch` task when they arrive together.
 EVENTBUS_BATCH_MAX = env_int("EVENTBUS_BATCH_MAX", 32)
+# While every pool process of a worker is busy, events wait for one to be free, at most this long.
+EVENTBUS_BATCH_WAIT_SECONDS = float(os.environ.get("EVENTBUS_BATCH_WAIT_SECONDS", "0.1"))
 EVENTBUS_RELAY_BATCH = env_int("EVENTBUS_RELAY_BATCH", 500)
 EVENTBUS_RELAY_POLL_SECONDS = float(os.environ.get("EVENTBUS_RELAY_POLL_SECONDS", "1"))
 # A relay's hold on the rows it publishes; it must outlast the confirm wait, or a slow batch goes out twice.

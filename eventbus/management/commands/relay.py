@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
+from eventbus import telemetry
 from eventbus.outbox_claims import outbox_unblock
 from eventbus.relay import Relay, relay_name, sweep
 
@@ -35,6 +36,7 @@ class Command(BaseCommand):
         if unblock:
             self.stdout.write(f"unblocked {outbox_unblock(ids=unblock)} of {len(unblock)} row(s)")
             return
+        telemetry.configure("relay")
         try:
             if once:
                 self.stdout.write(f"published {sweep(limit=batch, name=name)} event(s)")

@@ -1,0 +1,105 @@
+"""The intake's hand-over, called directly with a stand-in worker: a lone event goes at once, events that
+arrive while the pool is busy go together once a process is free, never waiting past their bound."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from celery import current_app
+from celery.worker import state as worker_state
+
+from eventbus import intake
+from eventbus.envelope import CONTENT_TYPE, new_event
+from eventbus.subscriptions import subscribers
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+class Hub:
+    """The worker's event loop, as far as the intake uses it: timers the test fires by hand."""
+
+    def __init__(self) -> None:
+        self.timers: list = []
+
+    def call_later(self, delay, callback):
+        self.timers.append(callback)
+        return SimpleNamespace(cancel=lambda: self.timers.remove(callback))
+
+    def fire(self) -> None:
+        due, self.timers = self.timers, []
+        for callback in due:
+            callback()
+
+
+class Message:
+    def __init__(self, event) -> None:
+        self.body, self.content_type = event.to_json(), CONTENT_TYPE
+        self.properties, self.headers, self.acked = {"user_id": "orders"}, {}, False
+
+    def ack(self) -> None:
+        self.acked = True
+
+
+@pytest.fixture
+def step(monkeypatch):
+    sent = []
+    monkeypatch.setattr(intake, "send_handler_task", lambda app, handler, raw, **_: sent.append([raw["id"]]))
+    monkeypatch.setattr(intake, "send_batch_task", lambda app, s, raws, **_: sent.append([raw["id"] for raw in raws]))
+    monkeypatch.setattr(worker_state, "reserved_requests", set())
+    worker = SimpleNamespace(app=current_app, hub=Hub(), pool=SimpleNamespace(num_processes=2))
+    intake_step = intake.EventIntake(worker)
+    intake_step.sent = sent
+    return intake_step
+
+
+def busy(n: int) -> None:
+    worker_state.reserved_requests.update(object() for _ in range(n))
+
+
+def arrive(step, count: int) -> list[Message]:
+    inventory = next(s for s in subscribers() if s.service == "inventory")
+    messages = [Message(new_event(factories.order_placed())) for _ in range(count)]
+    for message in messages:
+        step.on_event(inventory, message)
+    return messages
+
+
+def ids(messages) -> list[str]:
+    return [json.loads(message.body)["id"] for message in messages]
+
+
+def test_a_lone_event_goes_at_once_when_a_process_is_free(step):
+    [message] = arrive(step, 1)
+    assert step.sent == [ids([message])] and message.acked
+
+
+def test_events_arriving_while_the_pool_is_busy_go_together_once_a_process_is_free(step):
+    busy(2)
+    messages = arrive(step, 5)
+    assert step.sent == [] and not any(m.acked for m in messages), "they wait, unacknowledged"
+
+    step.worker_consumer.hub.fire()  # still busy: they keep waiting
+    assert step.sent == []
+    worker_state.reserved_requests.clear()
+    step.worker_consumer.hub.fire()
+
+    assert step.sent == [ids(messages)], "one batch, in arrival order"
+    assert all(m.acked for m in messages)
+
+
+def test_a_full_batch_goes_at_once_however_busy_the_pool(step, settings):
+    settings.EVENTBUS_BATCH_MAX = 3
+    busy(2)
+    messages = arrive(step, 4)
+    assert step.sent == [ids(messages[:3])], "the fourth waits for the next batch"
+
+
+def test_events_wait_for_a_busy_pool_no_longer_than_the_bound(step, settings):
+    settings.EVENTBUS_BATCH_WAIT_SECONDS = 0
+    busy(2)
+    messages = arrive(step, 2)
+    step.worker_consumer.hub.fire()
+    assert step.sent == [ids(messages)], "handed over while the pool is still busy: they wait in the task queue"

@@ -1,0 +1,230 @@
+"""Trace context along the event path, and spans of the hops that no instrumentation covers.
+
+Every event carries the W3C trace context of what caused it in the CloudEvents Distributed Tracing
+extension attributes `traceparent` and `tracestate`, taken when publish() writes it to the outbox: the
+current span's when tracing is on (eventbus.telemetry), otherwise that of the event being handled or of
+the API request's `traceparent` header, so that a trace goes on through a process that does not trace.
+With tracing on, the outbox write, the relay's publish, the intake's dispatch and each handler get a
+span (Django, Celery, psycopg and Redis have their own instrumentation); with it off, each function
+here returns at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponse
+
+    from eventbus.envelope import CloudEvent
+    from eventbus.models import OutboxMessage
+
+logger = logging.getLogger(__name__)
+
+# W3C Trace Context: version (never ff), trace id, parent span id, flags; ids are never all zeros. Version 00
+# has exactly these four fields, a later version may append more.
+TRACEPARENT = re.compile(r"(?!ff)([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-.*)?")
+TRACESTATE_MEMBERS = 32
+TRACESTATE_MEMBER = re.compile(
+    r"(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
+
+_tracer: trace.Tracer | None = None  # set by eventbus.telemetry when tracing is on
+_propagator = TraceContextTextMapPropagator()
+_no_span = nullcontext()
+# The trace context of the API request being served, from its `traceparent` header (RequestTraceContext).
+_request_context: ContextVar[dict[str, str] | None] = ContextVar("request_trace_context", default=None)
+
+
+def start(tracer: trace.Tracer | None) -> None:
+    """Give the event path's spans to `tracer` from now on (None: no spans)."""
+    global _tracer
+    _tracer = tracer
+
+
+# --- the trace context an event carries
+
+
+def trace_id(traceparent: object) -> str:
+    """The trace id of a W3C `traceparent`; "" when it is missing or malformed."""
+    match = TRACEPARENT.fullmatch(traceparent) if isinstance(traceparent, str) else None
+    return match[2] if match and not (match[1] == "00" and match[3]) else ""
+
+
+def valid_tracestate(tracestate: object) -> bool:
+    """Whether `tracestate` is a W3C `tracestate`: up to 32 `key=value` members, comma-separated."""
+    if not isinstance(tracestate, str):
+        return False
+    members = [member.strip(" \t") for member in tracestate.split(",")]
+    members = [member for member in members if member]  # empty members are allowed, and mean nothing
+    return len(members) <= TRACESTATE_MEMBERS and all(TRACESTATE_MEMBER.fullmatch(member) for member in members)
+
+
+def checked(traceparent: object, tracestate: object, *, what: str) -> dict[str, str]:
+    """`traceparent` and `tracestate` as an event or a request may carry them, less what is malformed: a bad
+    trace context is dropped (logged at debug level), never a reason to refuse `what` carries it."""
+    if traceparent in (None, ""):
+        return {}
+    if not trace_id(traceparent):
+        logger.debug("dropping the malformed traceparent %r of %s", traceparent, what)
+        return {}
+    if tracestate in (None, "") or valid_tracestate(tracestate):
+        return {"traceparent": traceparent, "tracestate": tracestate or ""}
+    logger.debug("dropping the malformed tracestate %r of %s", tracestate, what)
+    return {"traceparent": traceparent, "tracestate": ""}
+
+
+def carried(cause: CloudEvent | None) -> dict[str, str]:
+    """The trace context of an event about to be written (new_event's keyword arguments): the current span's
+    when tracing, else that of `cause`, the event being handled, else that of the API request being served."""
+    if _tracer is not None:
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier)  # nothing when no span is current
+        if carrier:
+            return carrier
+    if cause is not None:
+        return {"traceparent": cause.traceparent, "tracestate": cause.tracestate}
+    return _request_context.get() or {}
+
+
+class RequestTraceContext:
+    """Django middleware: the `traceparent` (and `tracestate`) header of a request becomes the trace context
+    of the events it publishes, even with tracing off (when on, the Django instrumentation continues it)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        traceparent = request.META.get("HTTP_TRACEPARENT")
+        if traceparent is None:
+            return self.get_response(request)
+        incoming = checked(traceparent.strip(), request.META.get("HTTP_TRACESTATE", "").strip(), what="a request")
+        token = _request_context.set(incoming or None)
+        try:
+            return self.get_response(request)
+        finally:
+            _request_context.reset(token)
+
+
+# --- spans
+
+
+def outbox_span(event_type: str, exchange: str) -> AbstractContextManager[Any]:
+    """The span of publish() writing an event to the outbox, current while the event takes its trace context."""
+    if _tracer is None:
+        return _no_span
+    attributes = {"messaging.system": "rabbitmq", "messaging.operation.type": "create",
+                  "messaging.destination.name": exchange, "cloudevents.event_type": event_type}  # fmt: skip
+    return _tracer.start_as_current_span(f"create {event_type}", kind=SpanKind.PRODUCER, attributes=attributes)
+
+
+def describe(event: CloudEvent) -> None:
+    """Name `event` on the current span (its id, type, source, saga)."""
+    if _tracer is not None:
+        trace.get_current_span().set_attributes(_event_attributes(event.id, event.type, event.correlationid))
+
+
+def published(rows: Iterable[OutboxMessage], *, started: int, refused: dict[str, str]) -> None:
+    """Spans of the relay publishing `rows` (from `started`, time.time_ns(), until now, when the broker has
+    confirmed the batch), one per event, each a child of its event's trace context; `refused`: event id -> why."""
+    if _tracer is None:
+        return
+    ended = time.time_ns()
+    for row in rows:
+        body = row.body
+        attributes = {
+            **_event_attributes(str(row.event_id), row.event_type, str(body.get("correlationid", ""))),
+            "messaging.operation.type": "send",
+            "messaging.destination.name": row.exchange,
+            "messaging.rabbitmq.destination.routing_key": row.routing_key,
+        }
+        span = _tracer.start_span(
+            f"publish {row.event_type}",
+            context=_parent(body.get("traceparent"), body.get("tracestate")),
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            start_time=started,
+        )
+        if (reason := refused.get(str(row.event_id))) is not None:
+            span.set_status(Status(StatusCode.ERROR, reason))
+        span.end(end_time=ended)
+
+
+def dispatch_span(events: list[CloudEvent], queue: str) -> AbstractContextManager[Any]:
+    """The span of the intake handing `events` from `queue` to Celery, current while it sends their task (the
+    Celery instrumentation makes the task its child). A lone event's is a child of the event's trace context;
+    a batch's starts a trace of its own, linked to each event's."""
+    if _tracer is None:
+        return _no_span
+    attributes: dict[str, Any] = {"messaging.system": "rabbitmq", "messaging.operation.type": "receive",
+                                  "messaging.destination.name": queue}  # fmt: skip
+    if len(events) == 1:
+        event = events[0]
+        return _tracer.start_as_current_span(
+            f"receive {event.type}",
+            context=_parent(event.traceparent, event.tracestate),
+            kind=SpanKind.CONSUMER,
+            attributes={**attributes, **_event_attributes(event.id, event.type, event.correlationid)},
+        )
+    links = [Link(context) for event in events if (context := _span_context(event)).is_valid]
+    return _tracer.start_as_current_span(
+        f"receive {queue}",
+        context=Context(),  # a root: the batch belongs to no one event's trace
+        kind=SpanKind.CONSUMER,
+        links=links,
+        attributes={**attributes, "messaging.batch.message_count": len(events)},
+    )
+
+
+def handler_span(handler: str, event: CloudEvent) -> AbstractContextManager[Any]:
+    """The span of `handler` applied to `event`: a child of the current span (the handler's Celery task) when
+    that continues the event's trace, else (a batch's task) of the event's own trace context, linked to it."""
+    if _tracer is None:
+        return _no_span
+    attributes = {"eventbus.handler": handler, **_event_attributes(event.id, event.type, event.correlationid)}
+    current = trace.get_current_span().get_span_context()
+    own = _span_context(event)
+    if not own.is_valid or own.trace_id == current.trace_id:
+        return _tracer.start_as_current_span(f"process {event.type}", kind=SpanKind.CONSUMER, attributes=attributes)
+    return _tracer.start_as_current_span(
+        f"process {event.type}",
+        context=trace.set_span_in_context(trace.NonRecordingSpan(own)),
+        kind=SpanKind.CONSUMER,
+        links=[Link(current)] if current.is_valid else None,
+        attributes=attributes,
+    )
+
+
+def _parent(traceparent: object, tracestate: object) -> Context:
+    """The context whose span is the one a trace context names; an empty one (a root) when there is none."""
+    if not isinstance(traceparent, str) or not traceparent:
+        return Context()
+    carrier = {"traceparent": traceparent, "tracestate": tracestate if isinstance(tracestate, str) else ""}
+    return _propagator.extract(carrier, context=Context())
+
+
+def _span_context(event: CloudEvent) -> trace.SpanContext:
+    return trace.get_current_span(_parent(event.traceparent, event.tracestate)).get_span_context()
+
+
+def _event_attributes(event_id: str, event_type: str, correlation_id: str) -> dict[str, str]:
+    # OpenTelemetry's semantic conventions for messaging and for CloudEvents.
+    return {
+        "messaging.system": "rabbitmq",
+        "messaging.message.id": event_id,
+        "messaging.message.conversation_id": correlation_id,
+        "cloudevents.event_id": event_id,
+        "cloudevents.event_type": event_type,
+    }
