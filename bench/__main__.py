@@ -33,6 +33,9 @@ SKIPPABLE = ("raw", "relay", "latency", "tracing", "plain", "celery")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=5000, help="orders in the saturation run (default 5000)")
+    parser.add_argument(
+        "--placers", type=int, default=4, help="threads placing orders in the saturation runs (default 4)"
+    )
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of each open-loop rate")
     parser.add_argument("--fractions", default="0.25,0.5,0.75", help="open-loop rates, as fractions of saturation")
     parser.add_argument("--relay-rows", type=int, default=20000, help="outbox rows for the relay alone")
@@ -199,11 +202,11 @@ def measured_saturation(
 
     if args.warmup_orders:
         say(f"bench: warm-up, {args.warmup_orders} orders")
-        workload.saturation(stack, mix, args.warmup_orders, stall_timeout=args.stall_timeout)
+        workload.saturation(stack, mix, args.warmup_orders, stall_timeout=args.stall_timeout, placers=args.placers)
         workload.wait_quiet(stack, queues=queues)
     first = stack.sample()
     say(f"bench: saturation, {args.orders} orders as fast as they are accepted")
-    saturation = workload.saturation(stack, mix, args.orders, stall_timeout=args.stall_timeout)
+    saturation = workload.saturation(stack, mix, args.orders, stall_timeout=args.stall_timeout, placers=args.placers)
     during = stack.sample()
     workload.wait_quiet(stack, queues=queues)
     cpu = {name: during[name].cpu_s - first[name].cpu_s for name in during if name in first and name not in leave_out}

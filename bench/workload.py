@@ -7,12 +7,14 @@ process, against the database the workers use, and followed by polling their sta
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from django.db import connections
 from django.db.models import Max, Min
 from django.utils import timezone
 from hdrh.histogram import HdrHistogram
@@ -63,10 +65,15 @@ class OrderMix:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)  # noqa: S311 (a reproducible workload, not a secret)
 
-    def place(self) -> Order:
+    def next_order(self) -> Callable[[], Order]:
+        """The next order of the stream, to be placed by calling the result (from any thread)."""
         lines = [LineRequest(sku, self.rng.randint(1, 3)) for sku in self.rng.sample(self.skus, self.rng.randint(1, 4))]
         self.placed += 1
-        return self.place_order(customer_email=f"bench{self.placed}@example.com", payment_token=TOKEN, items=lines)
+        email = f"bench{self.placed}@example.com"
+        return lambda: self.place_order(customer_email=email, payment_token=TOKEN, items=lines)
+
+    def place(self) -> Order:
+        return self.next_order()()
 
 
 def histogram(values_ms: list[float]) -> HdrHistogram:
@@ -146,20 +153,38 @@ def wait_quiet(stack: BenchStack, *, timeout: float = 180, queues: list[str] | N
         time.sleep(0.3)
 
 
-def saturation(stack: BenchStack, mix: OrderMix, count: int, *, stall_timeout: float) -> dict:
-    """Place `count` orders as fast as `order_place` accepts them; orders/s from the first placement
-    to the last decision (Order.decided_at)."""
+def saturation(stack: BenchStack, mix: OrderMix, count: int, *, stall_timeout: float, placers: int = 1) -> dict:
+    """Place `count` orders as fast as `order_place` accepts them, from `placers` threads (each with its own
+    database connection, so that placing is not what limits the rate); orders/s from the first placement to
+    the last decision (Order.decided_at)."""
     progress = Progress("saturation")
     since = timezone.now()
     started, cpu0 = time.time(), self_cpu_seconds()
-    accept_ms = []
-    for i in range(count):
-        begun = time.perf_counter()
-        mix.place()
-        accept_ms.append((time.perf_counter() - begun) * 1000)
+    accept_ms: list[float] = []
+    orders = [mix.next_order() for _ in range(count)]
+    failures: list[BaseException] = []
+
+    def place(share: list[Callable[[], Order]]) -> None:
+        try:
+            for order in share:
+                begun = time.perf_counter()
+                order()
+                accept_ms.append((time.perf_counter() - begun) * 1000)
+        except BaseException as error:  # raised again in the main thread
+            failures.append(error)
+        finally:
+            connections.close_all()  # this thread's own (Django's connections are per thread)
+
+    threads = [threading.Thread(target=place, args=(orders[i::placers],)) for i in range(placers)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        time.sleep(0.05)
         if progress.due():
             stack.check_alive()
-            progress.say(f"placed {i + 1}/{count}, decided {decided_since(since)}")
+            progress.say(f"placed {len(accept_ms)}/{count}, decided {decided_since(since)}")
+    if failures:
+        raise failures[0]
     placed_s = time.time() - started
     progress.say(f"all {count} placed in {placed_s:.1f}s ({count / placed_s:.0f}/s); waiting for decisions")
     decided = wait_decided(stack, since=since, expected=count, stall_timeout=stall_timeout, progress=progress)

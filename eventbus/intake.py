@@ -163,7 +163,8 @@ class EventIntake(bootsteps.ConsumerStep):
     def _pool_busy(self) -> bool:
         """Whether this worker already holds a task for each of its pool processes (running or next in line)."""
         processes = getattr(getattr(self.worker_consumer, "pool", None), "num_processes", None)
-        return bool(processes) and len(worker_state.reserved_requests) >= processes
+        limit = min(processes or 0, settings.EVENTBUS_INTAKE_TASKS_IN_FLIGHT or processes or 0)
+        return bool(limit) and len(worker_state.reserved_requests) >= limit
 
     def _more_to_read(self) -> bool:
         """Whether the broker already sent more (a message is three frames; py-amqp reads no further ahead)."""

@@ -103,3 +103,13 @@ def test_events_wait_for_a_busy_pool_no_longer_than_the_bound(step, settings):
     messages = arrive(step, 2)
     step.worker_consumer.hub.fire()
     assert step.sent == [ids(messages)], "handed over while the pool is still busy: they wait in the task queue"
+
+
+def test_with_one_task_in_flight_allowed_events_wait_while_any_task_runs(step, settings):
+    settings.EVENTBUS_INTAKE_TASKS_IN_FLIGHT = 1
+    busy(1)  # one pool process of two is free
+    messages = arrive(step, 2)
+    assert step.sent == [], "held: a task of the worker is in flight"
+    worker_state.reserved_requests.clear()
+    step.worker_consumer.hub.fire()
+    assert step.sent == [ids(messages)]

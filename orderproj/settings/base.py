@@ -315,7 +315,9 @@ EVENTBUS_QUEUE_DELIVERY_LIMIT = env_int("EVENTBUS_QUEUE_DELIVERY_LIMIT", 20)
 EVENTBUS_INTAKE_PREFETCH = env_int("EVENTBUS_INTAKE_PREFETCH", 64)
 # Most events of one service handed to one `<service>.handle_batch` task when they arrive together.
 EVENTBUS_BATCH_MAX = env_int("EVENTBUS_BATCH_MAX", 32)
-# While every pool process of a worker is busy, events wait for one to be free, at most this long.
+# The intake holds events once this many tasks of its worker are in flight (0: as many as pool processes)...
+EVENTBUS_INTAKE_TASKS_IN_FLIGHT = env_int("EVENTBUS_INTAKE_TASKS_IN_FLIGHT", 0)
+# ... until one is done, at most this long.
 EVENTBUS_BATCH_WAIT_SECONDS = float(os.environ.get("EVENTBUS_BATCH_WAIT_SECONDS", "0.1"))
 EVENTBUS_RELAY_BATCH = env_int("EVENTBUS_RELAY_BATCH", 500)
 EVENTBUS_RELAY_POLL_SECONDS = float(os.environ.get("EVENTBUS_RELAY_POLL_SECONDS", "1"))
