@@ -161,7 +161,8 @@ class EventIntake(bootsteps.ConsumerStep):
             self.hand_over_all()
 
     def _pool_busy(self) -> bool:
-        """Whether this worker already holds a task for each of its pool processes (running or next in line)."""
+        """Whether this worker already holds as many tasks, running or next in line, as it lets be in flight:
+        one per pool process, or EVENTBUS_INTAKE_TASKS_IN_FLIGHT when that is lower."""
         processes = getattr(getattr(self.worker_consumer, "pool", None), "num_processes", None)
         limit = min(processes or 0, settings.EVENTBUS_INTAKE_TASKS_IN_FLIGHT or processes or 0)
         return bool(limit) and len(worker_state.reserved_requests) >= limit

@@ -95,3 +95,18 @@ def wait_for(condition, *, timeout: float = 30, interval: float = 0.2, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def ports_block() -> dict[str, int]:
+    """Ports for a whole stack, with AMQP + 20000 (Erlang distribution) free too."""
+    for base in range(5740, 5800, 3):
+        ports = {"RABBITMQ_PORT": base, "RABBITMQ_MANAGEMENT_PORT": base + 10000, "REDIS_PORT": base + 800,
+                 "POSTGRES_PORT": base + 190}  # fmt: skip
+        if not any(port_in_use(port) for port in (*ports.values(), base + 20000)):
+            return {**ports, "WEB_PORT": free_port(), "FLOWER_PORT": free_port()}
+    raise AssertionError("no free ports for a second stack")
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

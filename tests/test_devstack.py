@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import pytest
 import requests
 from django.db import connection
 
-from tests.harness import ROOT, free_port
+from tests.harness import ROOT, port_in_use, ports_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 # What the suite's own stack exports; `make run` would honour them and not start its own servers.
@@ -45,21 +44,6 @@ class Output:
             if time.monotonic() > deadline:
                 pytest.fail(f"no line with {text!r} within {timeout:.0f}s:\n{''.join(self.lines[-60:])}")
             time.sleep(0.2)
-
-
-def ports_block() -> dict[str, int]:
-    """Ports for a whole stack, with AMQP + 20000 (Erlang distribution) free too."""
-    for base in range(5740, 5800, 3):
-        ports = {"RABBITMQ_PORT": base, "RABBITMQ_MANAGEMENT_PORT": base + 10000, "REDIS_PORT": base + 800,
-                 "POSTGRES_PORT": base + 190}  # fmt: skip
-        if not any(_in_use(port) for port in (*ports.values(), base + 20000)):
-            return {**ports, "WEB_PORT": free_port(), "FLOWER_PORT": free_port()}
-    pytest.fail("no free ports for a second stack")
-
-
-def _in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def redis_pid(port: int) -> int:
@@ -110,6 +94,6 @@ def test_make_run_restarts_a_dead_redis_refuses_a_second_stack_and_stops_cleanly
         except subprocess.TimeoutExpired:
             proc.kill()
             pytest.fail("make run did not stop within 120 s of SIGTERM")
-    open_ports = [name for name, port in ports.items() if _in_use(port)]
+    open_ports = [name for name, port in ports.items() if port_in_use(port)]
     assert not open_ports, f"still listening after make run stopped: {open_ports}"
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -28,8 +28,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from devstack import pipeline
 from devstack.config import StackConfig
 from devstack.stack import Stack, expected_consumers
-from tests.harness import ROOT, wait_for
-from tests.test_devstack import ports_block
+from tests.harness import ROOT, ports_block, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
