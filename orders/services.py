@@ -15,7 +15,7 @@ from eventbus.outbox import publish
 from orders.events import OrderCancelled, OrderConfirmed, OrderItem
 from orders.metrics import order_decided
 from orders.models import MAX_QUANTITY_PER_LINE, CatalogProduct, Order, OrderLine
-from orders.saga import decide
+from orders.saga import record_leg
 from orders.signals import order_placed
 
 TIMEOUT = "timeout"
@@ -158,14 +158,7 @@ def order_record_authorization(*, order_id: UUID, amount: Decimal, currency: str
 
 
 def _record(order: Order, *, stock: str | None = None, payment: str | None = None, reason: str = "") -> None:
-    if stock and order.stock_leg == Order.StockLeg.PENDING:
-        order.stock_leg, order.stock_reason = stock, reason
-    if payment and order.payment_leg == Order.PaymentLeg.PENDING:
-        order.payment_leg, order.payment_reason = payment, reason
-    decision = decide(
-        stock=order.stock_leg, stock_reason=order.stock_reason,
-        payment=order.payment_leg, payment_reason=order.payment_reason,
-    )  # fmt: skip
+    decision = record_leg(order, stock=stock, payment=payment, reason=reason)
     if decision is not None and order.status == Order.Status.PENDING:
         _decide(order, decision.status, decision.reason)
     elif decision is not None and order.status == Order.Status.CANCELLED and order.cancel_reason != TIMEOUT:

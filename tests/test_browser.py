@@ -4,66 +4,14 @@ API docs and see them render from the site's own files. Screenshots go to SCREEN
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
-from django.contrib.auth import get_user_model
 
-from devstack.stack import Stack
-from tests import factories
-from tests.harness import ROOT, free_port, process_stack
+from tests.browser import SCREENSHOTS, TRACE_URL_TEMPLATE, Site, admin_page
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / ".run" / "screenshots"))
-# Without these, Chromium keeps reaching for Google services that this closed network refuses.
-TRACE_URL_TEMPLATE = "http://127.0.0.1:16686/trace/{trace_id}"  # Jaeger's UI, as docker-compose.yml has it
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Site:
-    web: str
-    flower: str
-    flower_auth: tuple[str, str]
-
-
-@pytest.fixture(scope="session")
-def site(workers: Stack, stack_env: dict[str, str]) -> Iterator[Site]:
-    """The web process and Flower, started on free ports beside the suite's workers."""
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    web_port, flower_port = free_port(), free_port()
-    flower_auth = ("admin", secrets.token_urlsafe(12))
-    env = {**stack_env, "FLOWER_URL": f"http://127.0.0.1:{flower_port}",
-           "FLOWER_BASIC_AUTH": ":".join(flower_auth),
-           # The web process traces (to its log), so an order placed in the admin starts a trace the page links.
-           "OTEL_TRACES_EXPORTER": "console", "TRACE_URL_TEMPLATE": TRACE_URL_TEMPLATE}  # fmt: skip
-    stack = process_stack(env, web_port=web_port, flower_port=flower_port)
-    try:
-        stack.start_flower()
-        stack.start_web()
-        stack.wait_for_port("flower", flower_port)
-        stack.wait_for_port("web", web_port)
-        yield Site(f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{flower_port}", flower_auth)
-    finally:
-        stack.stop()
-
-
-@pytest.fixture
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def pick_product(page, row: int, sku: str) -> None:
@@ -73,29 +21,9 @@ def pick_product(page, row: int, sku: str) -> None:
     page.locator(".select2-results__option", has_text=sku).first.click()
 
 
-@pytest.fixture
-def operator_password() -> str:
-    """An admin user and three products. Set up before the browser: Playwright's event loop and
-    Django's ORM do not share a thread."""
-    password = secrets.token_urlsafe(12)
-    get_user_model().objects.create_superuser("admin", "admin@example.com", password)
-    factories.product("P001", name="Espresso beans 1 kg", price="75.00", stock=20)
-    factories.product("P002", name="Burr grinder", price="149.00", stock=5)
-    factories.product("P003", name="Milk jug", price="19.00", stock=5)
-    return password
-
-
 def test_an_order_placed_in_the_admin_is_confirmed_and_its_tasks_show_in_flower(site: Site, operator_password, browser):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    password = operator_password
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-
     # Given a logged-in operator
-    page.goto(f"{site.web}/admin/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", password)
-    page.click("input[type=submit]")
-    page.wait_for_url(re.compile(r"/admin/$"))
+    page = admin_page(browser, site, operator_password)
 
     # When they place an order with three lines, the third in a row they add
     page.goto(f"{site.web}/admin/orders/order/")

@@ -16,7 +16,7 @@ from eventbus.errors import PermanentError
 from eventbus.models import DeadLetter
 from eventbus.tests.letters import handler_letter, poison_letter
 from tests import factories
-from tests.test_browser import SCREENSHOTS, Site, browser, operator_password, site  # noqa: F401 (fixtures)
+from tests.browser import SCREENSHOTS, Site, admin_page
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -28,7 +28,7 @@ class Failures:
 
 
 @pytest.fixture
-def failures(operator_password) -> Failures:  # noqa: F811 (the imported fixture)
+def failures(operator_password) -> Failures:
     """Two OrderPlaced events whose line orders zero items, filed as the intake files poison (one failure group),
     and a payment handler's failure (another). Set up before the browser, like the operator."""
     letters = []
@@ -41,18 +41,12 @@ def failures(operator_password) -> Failures:  # noqa: F811 (the imported fixture
 
 
 def test_an_operator_corrects_and_replays_a_dead_letter_and_a_worker_handles_it(
-    site: Site,  # noqa: F811 (the imported fixture)
-    operator_password,  # noqa: F811
+    site: Site,
+    operator_password,
     failures: Failures,
-    browser,  # noqa: F811
+    browser,
 ):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{site.web}/admin/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", operator_password)
-    page.click("input[type=submit]")
-    page.wait_for_url(re.compile(r"/admin/$"))
+    page = admin_page(browser, site, operator_password)
 
     # Given the failure groups, reached from the dead letters' list
     page.goto(f"{site.web}/admin/eventbus/deadletter/")

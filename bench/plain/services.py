@@ -19,7 +19,7 @@ from django.utils import timezone
 from inventory.models import Product, Reservation
 from inventory.services import availability_refresh
 from orders.models import Order, OrderLine
-from orders.saga import decide
+from orders.saga import record_leg
 from orders.services import PAYMENT_TOKEN, LineRequest, OrderRejected, order_check
 from payments.gateway import CardDeclined, gateway
 from payments.models import Payment
@@ -76,14 +76,7 @@ def order_record_leg(
     order = Order.objects.select_for_update().filter(pk=order_id).first()
     if order is None:
         return None
-    if stock and order.stock_leg == Order.StockLeg.PENDING:
-        order.stock_leg, order.stock_reason = stock, reason
-    if payment and order.payment_leg == Order.PaymentLeg.PENDING:
-        order.payment_leg, order.payment_reason = payment, reason
-    decision = decide(
-        stock=order.stock_leg, stock_reason=order.stock_reason,
-        payment=order.payment_leg, payment_reason=order.payment_reason,
-    )  # fmt: skip
+    decision = record_leg(order, stock=stock, payment=payment, reason=reason)
     decided = decision is not None and order.status == Order.Status.PENDING
     if decided:
         order.status, order.cancel_reason, order.decided_at = decision.status, decision.reason, timezone.now()
