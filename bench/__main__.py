@@ -10,6 +10,7 @@ bench/results/<timestamp>.json and .png. Everything it started is stopped at the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import signal
@@ -184,7 +185,9 @@ def tracing_phase(stack: BenchStack, mix: Any, args: argparse.Namespace) -> dict
     finally:
         stack.stop_procs([*pipeline_names(), sink])
     saturation["cpu_s"] = {name: round(value, 2) for name, value in cpu.items()}
-    saturation["sink"] = stack.log_tail(sink, 1).strip()
+    sink_summary = json.loads(stack.log_tail(sink, 1))
+    saturation["spans_per_order"] = round(sink_summary["spans"] / (args.orders + args.warmup_orders), 1)
+    saturation["sink"] = sink_summary
     return saturation
 
 

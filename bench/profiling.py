@@ -29,6 +29,7 @@ CATEGORIES = [
     ("sealing (cryptography)", ("/cryptography/", "eventbus/sealing.py")),
     ("JSON encode/decode", ("/json/",)),
     ("Redis client", ("/redis/",)),
+    ("OpenTelemetry (SDK, instrumentation, OTLP export)", ("/opentelemetry/", "/google/protobuf/")),
     ("logging", ("/logging/",)),
     ("Django other (signals, settings, timezone)", ("/django/",)),
 ]

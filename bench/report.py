@@ -118,6 +118,8 @@ def table(result: dict[str, Any]) -> str:
         label = f"pipeline, tracing on (OTLP to a sink; {_n(traced['orders'])} orders)"
         lines.append(f"  {label:<50}{_n(traced['orders_per_s'], 1):>14} orders/s")
         lines.append(f"  {'  CPU per order, all processes but the sink (ms)':<50}{traced['cpu_ms_per_order']:>14.1f}")
+        if "spans_per_order" in traced:
+            lines.append(f"  {'  spans exported per order':<50}{traced['spans_per_order']:>14.1f}")
     if result.get("latency"):
         lines.append("")
         header = f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'n':>7}{'lost':>6}"

@@ -156,8 +156,7 @@ def replay_queue(dead_letter: DeadLetter) -> str:
 
 def _subscriber_of(dead_letter: DeadLetter) -> Subscriber | None:
     for subscriber in subscribers():
-        if dead_letter.queue in (subscriber.queue, subscriber.task_queue, f"{subscriber.queue}.dlq",
-                                 f"{subscriber.task_queue}.dlq"):  # fmt: skip
+        if dead_letter.queue in subscriber.queues:
             return subscriber
     return None
 

@@ -47,6 +47,7 @@ from eventbus.outbox import HopLimitExceeded, current_event
 from eventbus.receipts import receipt_headers, received_at, received_times
 from eventbus.retention import event_expired
 from eventbus.subscriptions import Handler, Subscriber, subscribers
+from eventbus.transactions import handler_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ def apply_once(
     data = event.payload(handler.contract)
     token, attempt_token = current_event.set(event), _attempt.set(attempt)
     try:
-        with tracing.handler_span(handler.name, event), transaction.atomic():
+        with tracing.handler_span(handler.name, event), handler_transaction():
             # Inserted first: a concurrent duplicate waits on this row's unique key, then fails.
             InboxMessage.objects.create(
                 handler=handler.name,

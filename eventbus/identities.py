@@ -31,8 +31,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 from eventbus.asyncapi import published_contracts
 from eventbus.contracts import lookup
+from eventbus.names import event_exchange_name
 from eventbus.passwords import PasswordFile
 from eventbus.subscriptions import Subscriber, subscribers
+from eventbus.topology import task_queues
 
 OPS = "ops"
 SUBSCRIBER_PREFIX = "sub-"
@@ -92,10 +94,9 @@ def _service_grant(service: str, subscriber: Subscriber | None, produces: bool) 
         # Binding a queue to its exchange takes write on the queue and read on the exchange; the worker
         # binds its task queues to Celery's delayed-delivery exchange when it starts.
         writes += [subscriber.task_queue, housekeeping]
-        reads += [subscriber.task_queue, housekeeping, subscriber.queue, f"{subscriber.queue}.dlq",
-                  f"{subscriber.task_queue}.dlq"]  # fmt: skip
+        reads += [*subscriber.queues, housekeeping]
     if produces:
-        writes.append(f"{service}.events")
+        writes.append(event_exchange_name(service))
     return Grant(
         user=service_user(service),
         tags="",
@@ -106,7 +107,7 @@ def _service_grant(service: str, subscriber: Subscriber | None, produces: bool) 
 
 
 def _ops_grant() -> Grant:
-    task_exchanges = [queue.exchange.name for queue in settings.CELERY_TASK_QUEUES]
+    task_exchanges = [queue.exchange.name for queue in task_queues()]
     return Grant(
         user=OPS, tags="monitoring", configure=_regex(), write=_regex(*task_exchanges, DEFAULT_EXCHANGE), read=_regex()
     )

@@ -2,10 +2,11 @@
 
 For every event on a service's event queue it checks the envelope, the data against the contract
 and the publisher, then hands the event to Celery: an event that arrives alone becomes one task per
-subscribed handler, with a task id derived from (handler, event); events that arrive while every
-pool process is busy, or while more are being read, go together, up to EVENTBUS_BATCH_MAX, to one
-`<service>.handle_batch` task (eventbus.handling.run_batch) once a process is free. So an idle
-pipeline waits for nothing, and a busy one pays Celery's cost per task once per batch. An event is
+subscribed handler, with a task id derived from (handler, event); events that arrive while the
+worker has a task in flight (EVENTBUS_INTAKE_TASKS_IN_FLIGHT), or while more are being read, go
+together, up to EVENTBUS_BATCH_MAX, to one `<service>.handle_batch` task (eventbus.handling.run_batch)
+once it is done. So an idle pipeline waits for nothing, and a busy one pays Celery's cost per task
+once per batch. An event is
 acknowledged only after the broker confirmed the task that carries it. What can never be handled
 goes to the dead-letter store at once; it is not retried. The same step files messages that
 RabbitMQ dead-lettered (delivery limit, rejection) from the service's `.dlq` queues.
@@ -162,7 +163,7 @@ class EventIntake(bootsteps.ConsumerStep):
 
     def _pool_busy(self) -> bool:
         """Whether this worker already holds as many tasks, running or next in line, as it lets be in flight:
-        one per pool process, or EVENTBUS_INTAKE_TASKS_IN_FLIGHT when that is lower."""
+        EVENTBUS_INTAKE_TASKS_IN_FLIGHT (0: one per pool process), never more than its pool processes."""
         processes = getattr(getattr(self.worker_consumer, "pool", None), "num_processes", None)
         limit = min(processes or 0, settings.EVENTBUS_INTAKE_TASKS_IN_FLIGHT or processes or 0)
         return bool(limit) and len(worker_state.reserved_requests) >= limit

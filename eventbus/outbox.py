@@ -14,6 +14,7 @@ from eventbus.commit_hooks import on_commit_once
 from eventbus.contracts import EventData
 from eventbus.envelope import CloudEvent, new_event
 from eventbus.models import OutboxMessage
+from eventbus.names import event_exchange_name
 
 logger = logging.getLogger(__name__)
 NUDGE_CHANNEL = "eventbus:outbox"
@@ -43,7 +44,7 @@ def publish(data: EventData, *, correlation_id: str = "") -> CloudEvent:
     else:
         chain = {"correlation_id": correlation_id}
     contract = type(data).contract
-    exchange = f"{contract.producer}.events"
+    exchange = event_exchange_name(contract.producer)
     with tracing.outbox_span(contract.type, exchange):
         event = new_event(data, **chain, **tracing.carried(cause))
         tracing.describe(event)

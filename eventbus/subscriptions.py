@@ -1,12 +1,14 @@
 """Subscriptions: a service names the events it handles; queues, bindings and tasks follow from that.
 
-    inventory = Subscriber("inventory", queue="inventory.events")
+    inventory = Subscriber("inventory")    # consumes the queue `inventory.events`
 
     @inventory.on(OrderPlaced)
     def reserve_stock(data: OrderPlaced, event: CloudEvent) -> None: ...
 
-Pure data: eventbus.handling turns each handler into a Celery task named `<service>.<function>`, and
-each service's waiting events into `<service>.handle_batch` tasks, on the `<service>.tasks` queue.
+Pure data, named by eventbus.names: eventbus.handling turns each handler into a Celery task named
+`<service>.<function>`, and each service's waiting events into `<service>.handle_batch` tasks, on the
+`<service>.tasks` queue. A new service is an app with a Subscriber and its handlers, in INSTALLED_APPS:
+broker_setup, the broker identities, Celery's routes and devstack's workers all read this registry.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from eventbus.contracts import Contract, EventData
 from eventbus.envelope import CloudEvent
+from eventbus.names import batch_task_name, dead_letter_queue_name, event_queue_name, handler_task_name, task_queue_name
 
 HandlerFunction = Callable[[Any, CloudEvent], None]
 TASK_ID_NAMESPACE = uuid.UUID("6f1b0c3e-5a52-4c8e-9d7e-2f1c8b7a4e10")
@@ -32,7 +35,7 @@ class Handler:
 
     @property
     def task_queue(self) -> str:
-        return f"{self.service}.tasks"
+        return task_queue_name(self.service)
 
     def task_id(self, event_id: str) -> str:
         """The same (handler, event) always gets the same task id: one row in Flower and the results."""
@@ -41,13 +44,14 @@ class Handler:
 
 @dataclass
 class Subscriber:
-    """A consuming service: its event queue and the handlers that queue feeds."""
+    """A consuming service: its event queue (by default `<service>.events`) and the handlers that queue feeds."""
 
     service: str
-    queue: str
+    queue: str = ""
     handlers: list[Handler] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.queue = self.queue or event_queue_name(self.service)
         existing = _subscribers.get(self.service)
         if existing is not None and existing.queue != self.queue:
             raise ValueError(f"service {self.service!r} already consumes {existing.queue!r}")
@@ -55,18 +59,25 @@ class Subscriber:
 
     @property
     def task_queue(self) -> str:
-        return f"{self.service}.tasks"
+        return task_queue_name(self.service)
 
     @property
     def batch_task(self) -> str:
         """The task that handles several of this service's events at once (eventbus.handling.run_batch)."""
-        return f"{self.service}.handle_batch"
+        return batch_task_name(self.service)
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Every queue of this service alone: its event queue, its task queue and their dead-letter queues."""
+        own = (self.queue, self.task_queue)
+        return (*own, *map(dead_letter_queue_name, own))
 
     def on(self, data_class: type[EventData]) -> Callable[[HandlerFunction], HandlerFunction]:
         """Subscribe the decorated function to one event type (every version, upcast to this one)."""
 
         def register(function: HandlerFunction) -> HandlerFunction:
-            handler = Handler(f"{self.service}.{function.__name__}", self.service, data_class.contract, function)
+            name = handler_task_name(self.service, function.__name__)
+            handler = Handler(name, self.service, data_class.contract, function)
             if any(existing.name == handler.name for existing in self.handlers):
                 raise ValueError(f"handler {handler.name} is declared twice")
             if handler.name == self.batch_task:
@@ -91,6 +102,10 @@ _subscribers: dict[str, Subscriber] = {}
 
 def subscribers() -> list[Subscriber]:
     return list(_subscribers.values())
+
+
+def subscriber_named(service: str) -> Subscriber | None:
+    return _subscribers.get(service)
 
 
 def subscriber_for_task_queue(queue: str) -> Subscriber | None:

@@ -6,7 +6,7 @@ from eventbus.subscriptions import Subscriber
 from inventory.services import CommitRefused, stock_commit, stock_release, stock_reserve
 from orders.events import OrderCancelled, OrderConfirmed, OrderPlaced
 
-inventory = Subscriber("inventory", queue="inventory.events")
+inventory = Subscriber("inventory")
 
 
 @inventory.on(OrderPlaced)

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from eventbus.commit_hooks import on_commit_once
 from eventbus.outbox import publish
+from eventbus.transactions import service_transaction
 from inventory.events import ProductChanged, RejectedLine, ReservedLine, StockRejected, StockReleased, StockReserved
 from inventory.models import Product, Reservation
 from inventory.selectors import AVAILABILITY_TTL, availability_key
@@ -40,15 +41,7 @@ class CommitRefused(Exception):
     """A confirmation inventory cannot honour: it holds no stock for the order, or not for those lines."""
 
 
-class InsufficientStock(Exception):
-    """Some lines cannot be held; `lines` says which and why."""
-
-    def __init__(self, lines: list[RejectedLine]) -> None:
-        super().__init__(", ".join(f"{line.product_id}: {line.reason}" for line in lines))
-        self.lines = lines
-
-
-@transaction.atomic
+@service_transaction
 def product_upsert(
     *, sku: str, name: str, price: Decimal, currency: str = "USD", stock_on_hand: int | None = None
 ) -> Product:
@@ -88,26 +81,31 @@ def product_seed_demo() -> int:
     return created
 
 
-@transaction.atomic
+@service_transaction
 def stock_reserve(*, order_id: UUID, lines: list[tuple[str, int]]) -> Reservation:
     """Hold every line for the order or none; announce StockReserved or StockRejected.
 
     Each line is a conditional UPDATE (available >= quantity) taken in product order, so two orders
-    racing for the last unit cannot both win, on SQLite and PostgreSQL alike."""
+    racing for the last unit cannot both win, on SQLite and PostgreSQL alike. When a line cannot be held,
+    the lines already held are given back in the same transaction."""
     existing = Reservation.objects.filter(order_id=order_id).first()
     if existing is not None:
         return existing
     wanted = _quantities(lines)
-    try:
-        with transaction.atomic():
-            shortages = [line for sku in sorted(wanted) if (line := _hold(sku, wanted[sku]))]
-            if shortages:
-                raise InsufficientStock(shortages)
-    except InsufficientStock as shortage:
+    held, shortages = [], []
+    for sku in sorted(wanted):
+        if shortage := _hold(sku, wanted[sku]):
+            shortages.append(shortage)
+        else:
+            held.append(sku)
+    if shortages:
+        for sku in held:
+            Product.objects.filter(sku=sku).update(stock_reserved=F("stock_reserved") - wanted[sku])
+        reason = ", ".join(f"{line.product_id}: {line.reason}" for line in shortages)
         reservation = Reservation.objects.create(
-            order_id=order_id, status=Reservation.Status.REJECTED, lines=_as_json(wanted), reason=str(shortage)
+            order_id=order_id, status=Reservation.Status.REJECTED, lines=_as_json(wanted), reason=reason
         )
-        publish(StockRejected(order_id=order_id, lines=shortage.lines))
+        publish(StockRejected(order_id=order_id, lines=shortages))
         return reservation
     reservation = Reservation.objects.create(order_id=order_id, status=Reservation.Status.HELD, lines=_as_json(wanted))
     _refresh_availability_on_commit(list(wanted))
@@ -128,7 +126,7 @@ def _hold(sku: str, quantity: int) -> RejectedLine | None:
     return RejectedLine(product_id=sku, requested=quantity, available=available, reason=reason)
 
 
-@transaction.atomic
+@service_transaction
 def stock_release(*, order_id: UUID) -> Reservation:
     """Give back what a cancelled order held (once); a rejected or unknown reservation has nothing to give."""
     reservation = _locked(order_id)
@@ -143,7 +141,7 @@ def stock_release(*, order_id: UUID) -> Reservation:
     return reservation
 
 
-@transaction.atomic
+@service_transaction
 def stock_commit(*, order_id: UUID, lines: list[tuple[str, int]]) -> Reservation:
     """A confirmed order's held stock leaves the warehouse (once): on hand and reserved both go down.
 

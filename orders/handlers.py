@@ -10,6 +10,7 @@ from orders.models import Order
 from orders.services import ImplausibleRevision, catalog_product_apply, order_record_authorization, order_record_leg
 from payments.events import PaymentAuthorized, PaymentDeclined
 
+# Not the default `orders.events` (eventbus.names): DESIGN fixed this queue's name.
 orders = Subscriber("orders", queue="orders.events-in")
 
 

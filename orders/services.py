@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from eventbus.outbox import publish
+from eventbus.transactions import service_transaction
 from orders.events import OrderCancelled, OrderConfirmed, OrderItem
 from orders.metrics import order_decided
 from orders.models import MAX_QUANTITY_PER_LINE, CatalogProduct, Order, OrderLine
@@ -99,7 +100,7 @@ def order_place(*, customer_email: str, payment_token: str, items: list[LineRequ
     return order
 
 
-@transaction.atomic
+@service_transaction
 def catalog_product_apply(*, sku: str, name: str, price: Decimal, currency: str, revision: int) -> bool:
     """Apply a product change if it is newer than the catalogue's copy; return whether it applied.
 
@@ -123,7 +124,7 @@ def catalog_product_apply(*, sku: str, name: str, price: Decimal, currency: str,
     return True
 
 
-@transaction.atomic
+@service_transaction
 def order_record_leg(
     *, order_id: UUID, stock: str | None = None, payment: str | None = None, reason: str = ""
 ) -> Order | None:
@@ -135,7 +136,7 @@ def order_record_leg(
     return order
 
 
-@transaction.atomic
+@service_transaction
 def order_record_authorization(*, order_id: UUID, amount: Decimal, currency: str) -> Order | None:
     """Record an authorization as the payment leg: authorized if it holds exactly the order's total in
     the order's currency, failed (declined, naming both amounts) otherwise.

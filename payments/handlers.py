@@ -9,7 +9,7 @@ from eventbus.subscriptions import Subscriber
 from orders.events import OrderCancelled, OrderConfirmed, OrderPlaced
 from payments.services import CaptureRefused, payment_authorize, payment_capture, payment_void
 
-payments = Subscriber("payments", queue="payments.events")
+payments = Subscriber("payments")
 
 
 @payments.on(OrderPlaced)

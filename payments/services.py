@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from eventbus.outbox import publish
+from eventbus.transactions import service_transaction
 from payments import events
 from payments.gateway import CardDeclined, gateway
 from payments.models import Payment
@@ -23,7 +24,7 @@ def _idempotency_key(order_id: UUID) -> str:
     return f"order-{order_id}"
 
 
-@transaction.atomic
+@service_transaction
 def payment_authorize(*, order_id: UUID, token: str, amount: Decimal, currency: str) -> Payment:
     """Authorize the order's amount once; announce PaymentAuthorized or PaymentDeclined.
 
@@ -52,7 +53,7 @@ def payment_authorize(*, order_id: UUID, token: str, amount: Decimal, currency: 
     return payment
 
 
-@transaction.atomic
+@service_transaction
 def payment_capture(*, order_id: UUID, amount: Decimal, currency: str) -> Payment:
     """Capture the authorization of a confirmed order (once), for the confirmed total.
 
@@ -82,7 +83,7 @@ def payment_capture(*, order_id: UUID, amount: Decimal, currency: str) -> Paymen
     return payment
 
 
-@transaction.atomic
+@service_transaction
 def payment_void(*, order_id: UUID) -> Payment:
     """Release an authorization of a cancelled order. If the cancellation arrives first, a voided
     record is left so that a late authorization request does nothing."""

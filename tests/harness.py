@@ -1,8 +1,12 @@
-"""Test hooks on real processes: a throw-away RabbitMQ vhost, the suite's stack of workers, waiting."""
+"""Test hooks on real processes: a throw-away RabbitMQ vhost, the suite's stack of workers, a stack of a test's own,
+Python child processes, waiting."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from django.conf import settings
+from django.db import connection
 
 from devstack.config import StackConfig
 from devstack.stack import Stack
@@ -19,6 +24,12 @@ from eventbus.identities import url_as, url_vhost
 from eventbus.passwords import ADMIN, PasswordFile
 
 ROOT = Path(__file__).resolve().parent.parent
+# What the suite's own stack exports: a stack of a test's own must not inherit it (`make run` would honour these and
+# start no servers of its own).
+SUITE_STACK_VARIABLES = (
+    "DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "RABBITMQ_MANAGEMENT_URL",
+    "CACHE_KEY_PREFIX", "RUN_DIR", "STACK_DB", "RABBITMQ_NODES",
+)  # fmt: skip
 
 
 def broker_urls(url: str) -> list[str]:
@@ -58,7 +69,7 @@ def temporary_vhost() -> Iterator[str]:
 def database_url(settings_dict: dict) -> str:
     """The URL of the database the test process is using, for its child processes."""
     engine = settings_dict["ENGINE"]
-    if engine == "django.db.backends.sqlite3":
+    if engine.endswith("sqlite3"):
         return f"sqlite:///{settings_dict['NAME']}"
     if engine == "django.db.backends.postgresql":
         user, password = quote(settings_dict["USER"] or ""), quote(settings_dict["PASSWORD"] or "")
@@ -69,14 +80,50 @@ def database_url(settings_dict: dict) -> str:
 
 def process_stack(env: dict[str, str], **ports: int) -> Stack:
     """A stack of processes (no servers: `make test` runs those) on the test run's vhost (that of env's
-    CELERY_BROKER_URL) and database, each as its own broker user with the passwords of `make test`'s stack."""
+    CELERY_BROKER_URL) and database, each as its own broker user with the passwords of `make test`'s stack,
+    and on the test process's own settings module."""
     # Logs go to <RUN_DIR>/test-stack/logs; the processes keep the suite's RUN_DIR (its seal key, its files).
     config = StackConfig(
         run_dir=settings.RUN_DIR / "test-stack", credentials_file=settings.BROKER_PASSWORD_FILE, **ports
     )
     vhost = url_vhost(env["CELERY_BROKER_URL"])
     overrides = {"RUN_DIR": str(settings.RUN_DIR), **env}
-    return Stack(config, settings="orderproj.settings.test", overrides=overrides, vhost=vhost)
+    return Stack(config, settings=settings.SETTINGS_MODULE, overrides=overrides, vhost=vhost)
+
+
+def own_stack_env() -> dict[str, str]:
+    """The test process's environment without what points at the suite's own stack: for a stack of a test's own."""
+    return {key: value for key, value in os.environ.items() if key not in SUITE_STACK_VARIABLES}
+
+
+def own_run_dir(name: str) -> Path:
+    """A new run directory (data, logs) for a stack of a test's own: <project>/.run/<name>-test-<random>."""
+    return ROOT / ".run" / f"{name}-test-{uuid.uuid4().hex[:8]}"
+
+
+def stack_db() -> str:
+    """devstack's name (STACK_DB, --db) for the kind of database this test run uses, for a stack of a test's own."""
+    return "postgres" if connection.vendor == "postgresql" else "sqlite"
+
+
+def environment(**changes: str | None) -> dict[str, str]:
+    """The test process's environment on its settings module, with `changes` (None: without that variable), for a
+    Python child process."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE, **changes}
+    return {key: value for key, value in env.items() if value is not None}
+
+
+def python(code: str, env: dict[str, str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a new Python process of the venv, in the project directory, with exactly `env`; its output and
+    errors are captured as text."""
+    argv = [sys.executable, "-c", code]
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def python_started(code: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`code` started as `python` runs it, not waited for (to run several at once); output and errors piped, as text."""
+    argv = [sys.executable, "-c", code]
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ from django_celery_results.models import TaskResult
 from eventbus.models import InboxMessage
 from eventbus.selectors import timeline
 from orders.models import Order
-from orders.services import LineRequest, order_place
 from payments.models import Payment
 from tests import factories
 from tests.harness import wait_for
@@ -28,8 +27,7 @@ def test_a_burst_of_orders_is_handled_in_batches_each_event_once(workers):
     tokens = ["tok_visa"] * (ORDERS - 1) + ["tok_flaky"]
     with transaction.atomic():
         orders = [
-            order_place(customer_email=f"b{i}@example.com", payment_token=token, items=[LineRequest("P001", 1)])
-            for i, token in enumerate(tokens)
+            factories.order(("P001", 1), token=token, email=f"b{i}@example.com") for i, token in enumerate(tokens)
         ]
     ids = [order.id for order in orders]
 

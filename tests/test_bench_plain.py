@@ -12,7 +12,6 @@ from celery.app.task import Task
 from bench.plain import tasks
 from inventory.models import Product, Reservation
 from orders.models import Order
-from orders.services import LineRequest
 from payments.models import Payment
 from tests import factories
 
@@ -32,10 +31,12 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Task, tuple, dict, str]]
     return messages
 
 
-def run_saga(place: Callable[[], Order], sent: list, on_commit: Callable) -> tuple[Order, list[str]]:
-    """Place the order, then run each task sent, committed, until none is left; return the order and the tasks run."""
+def run_saga(token: str, sent: list, on_commit: Callable) -> tuple[Order, list[str]]:
+    """Place an order (P001 twice, P002) with the plain pipeline, then run each task sent, committed, until none is
+    left; return the order and the tasks run."""
+    lines = [("P001", 2), ("P002", 1), ("P001", 1)]
     with on_commit(execute=True):
-        order = place()
+        order = factories.order(*lines, token=token, email="plain@example.com", place=tasks.order_place)
     ran = []
     while sent:
         task, args, kwargs, queue = sent.pop(0)
@@ -44,11 +45,6 @@ def run_saga(place: Callable[[], Order], sent: list, on_commit: Callable) -> tup
         ran.append(f"{task.name} on {queue}")
     order.refresh_from_db()
     return order, ran
-
-
-def place(token: str) -> Callable[[], Order]:
-    items = [LineRequest("P001", 2), LineRequest("P002", 1), LineRequest("P001", 1)]
-    return lambda: tasks.order_place(customer_email="plain@example.com", payment_token=token, items=items)
 
 
 def stock(sku: str) -> tuple[int, int]:
@@ -60,7 +56,7 @@ def test_a_confirmed_order_ships_its_stock_and_captures_its_payment(sent, django
     factories.product("P001", price="10.00", stock=10)
     factories.product("P002", price="4.50", stock=5)
 
-    order, ran = run_saga(place("tok_visa"), sent, django_capture_on_commit_callbacks)
+    order, ran = run_saga("tok_visa", sent, django_capture_on_commit_callbacks)
 
     assert (order.status, order.stock_leg, order.payment_leg) == ("confirmed", "reserved", "authorized")
     assert order.decided_at is not None
@@ -92,7 +88,7 @@ def test_a_declined_order_is_cancelled_and_gives_its_stock_back(sent, django_cap
     factories.product("P001", price="10.00", stock=10)
     factories.product("P002", price="4.50", stock=5)
 
-    order, ran = run_saga(place("tok_decline"), sent, django_capture_on_commit_callbacks)
+    order, ran = run_saga("tok_decline", sent, django_capture_on_commit_callbacks)
 
     assert (order.status, order.cancel_reason) == ("cancelled", "payment: card declined")
     assert order.decided_at is not None

@@ -8,7 +8,6 @@ from devstack.brokers import rabbitmqctl
 from devstack.config import StackConfig
 from eventbus.models import OutboxMessage
 from inventory.models import Reservation
-from orders.services import LineRequest, order_place
 from tests import factories
 from tests.harness import wait_for
 
@@ -30,10 +29,7 @@ def test_orders_are_accepted_while_the_broker_is_down_and_delivered_after_it_ret
     assert rabbitmqctl(config, "stop_app").returncode == 0
     try:
         # When orders are placed, they are accepted and their events wait in the outbox
-        orders = [
-            order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P005", 1)])
-            for _ in range(3)
-        ]
+        orders = [factories.order(("P005", 1)) for _ in range(3)]
         waiting = OutboxMessage.objects.filter(correlation_id__in=[str(o.id) for o in orders], sent_at__isnull=True)
         assert waiting.count() == 3
     finally:

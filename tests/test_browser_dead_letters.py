@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from eventbus.envelope import new_event
 from eventbus.errors import PermanentError
 from eventbus.models import DeadLetter
 from eventbus.tests.letters import handler_letter, poison_letter
@@ -33,7 +32,7 @@ def failures(operator_password) -> Failures:
     and a payment handler's failure (another). Set up before the browser, like the operator."""
     letters = []
     for _ in range(2):
-        event = new_event(factories.order_placed(("P001", 1))).to_dict()
+        event = factories.order_placed_event(("P001", 1))
         event["data"]["items"][0]["quantity"] = 0
         letters.append(poison_letter(event))
     handler_letter(PermanentError("the gateway refused the token"), handler="payments.authorize_payment")

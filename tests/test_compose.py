@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from django.conf import settings
 from django.urls import reverse
 
 from devstack import pipeline
+from eventbus.topology import task_queues
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -46,6 +46,8 @@ OBSERVABILITY_DOCS = ROOT / "docs" / "observability"
 ENV_READ = re.compile(
     r"""\b(?:os\.environ\.get|env_bool|env_int|env_duration|env_rate|required|_port|_choice|_count)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
 )
+# Settings that read every variable of a prefix (BROKER_PASSWORD_<USER>).
+PREFIX_READ = re.compile(r"""\benv_prefixed\(\s*["']([A-Z][A-Z0-9_]*)["']""")
 REQUIRED_READ = re.compile(r"""\brequired\(\s*["']([A-Z][A-Z0-9_]*)["']""")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
 
@@ -129,8 +131,13 @@ def test_only_the_migrate_service_holds_the_administrators_and_every_users_passw
 
 def test_app_services_pass_only_variables_that_something_reads(services):
     read = variables_read(SETTINGS_FILES)
+    prefixes = tuple(variables_read(SETTINGS_FILES, PREFIX_READ))
     for name in APP_SERVICES:
-        unknown = set(services[name]["environment"]) - read - set(NON_SETTINGS_VARIABLES)
+        unknown = {
+            variable
+            for variable in set(services[name]["environment"]) - read - set(NON_SETTINGS_VARIABLES)
+            if not variable.startswith(prefixes)
+        }
         assert not unknown, f"{name} passes variables nothing reads: {sorted(unknown)}"
 
 
@@ -179,7 +186,7 @@ def test_compose_runs_every_procfile_process(services):
         assert argv(services[name]) == args, name
 
     consumed = {queue for args in compose_workers.values() for queue in option(args, "-Q").split(",")}
-    assert {queue.name for queue in settings.CELERY_TASK_QUEUES} <= consumed
+    assert {queue.name for queue in task_queues()} <= consumed
 
 
 def test_one_shot_migrate_runs_first_and_the_rest_waits_for_healthy_servers(services):

@@ -16,7 +16,6 @@ from django.db import connection
 from eventbus.models import OutboxMessage
 from inventory.models import Reservation
 from orders.models import Order
-from orders.services import LineRequest, order_place
 from payments.models import Payment
 from tests import factories
 from tests.harness import wait_for
@@ -82,7 +81,7 @@ def test_an_order_caught_in_a_database_write_outage_is_confirmed_once_writes_com
 
     # Given an order whose payment needs three attempts (tok_flaky), its event published, so that
     # the payment handler is still at work when the database starts refusing writes
-    order = order_place(customer_email="a@example.com", payment_token="tok_flaky", items=[LineRequest("P301", 2)])
+    order = factories.order(("P301", 2), token="tok_flaky")
     wait_for(
         lambda: OutboxMessage.objects.filter(correlation_id=str(order.id), sent_at__isnull=False).exists(),
         what="the order's event published",
@@ -104,7 +103,7 @@ def test_an_order_caught_in_a_database_write_outage_is_confirmed_once_writes_com
     assert payment.amount == decided.total_amount
 
     # And the workers take new orders at once
-    fresh = order_place(customer_email="b@example.com", payment_token="tok_visa", items=[LineRequest("P301", 1)])
+    fresh = factories.order(("P301", 1), email="b@example.com")
     wait_for(
         lambda: Order.objects.filter(pk=fresh.pk, status=Order.Status.CONFIRMED).exists(),
         timeout=30,

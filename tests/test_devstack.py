@@ -10,19 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
-from django.db import connection
 
-from tests.harness import ROOT, port_in_use, ports_block
+from tests.harness import ROOT, own_run_dir, own_stack_env, port_in_use, ports_block, stack_db
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
-# What the suite's own stack exports; `make run` would honour them and not start its own servers.
-INHERITED = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "RABBITMQ_MANAGEMENT_URL",
-             "CACHE_KEY_PREFIX", "RUN_DIR", "STACK_DB", "RABBITMQ_NODES")  # fmt: skip
 
 
 class Output:
@@ -60,10 +55,9 @@ def redis_pid(port: int) -> int:
 def test_make_run_restarts_a_dead_redis_refuses_a_second_stack_and_stops_cleanly():
     # Given `make run` on ports and a run directory of its own, on the database this test run uses
     ports = ports_block()
-    run_dir = ROOT / ".run" / f"devstack-test-{uuid.uuid4().hex[:8]}"
-    env = {key: value for key, value in os.environ.items() if key not in INHERITED}
-    env |= {name: str(port) for name, port in ports.items()}
-    env |= {"RUN_DIR": str(run_dir), "STACK_DB": "postgres" if connection.vendor == "postgresql" else "sqlite"}
+    run_dir = own_run_dir("devstack")
+    env = own_stack_env() | {name: str(port) for name, port in ports.items()}
+    env |= {"RUN_DIR": str(run_dir), "STACK_DB": stack_db()}
     argv = [sys.executable, "-m", "devstack", "run"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = Output(proc)

@@ -25,7 +25,6 @@ from eventbus.subscriptions import handler_by_name
 from eventbus.topology import event_exchange
 from inventory.models import Product, Reservation
 from orders.events import OrderPlaced
-from orders.services import LineRequest, order_place
 from payments.models import Payment
 from tests import factories
 from tests.harness import management_auth, wait_for
@@ -72,12 +71,6 @@ def publish_raw(broker_url: str, body: bytes, *, content_type: str, routing_key:
         )
 
 
-def place(*lines: tuple[str, int]):
-    return order_place(
-        customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest(sku, qty) for sku, qty in lines]
-    )
-
-
 def reservation_of(order_id) -> Reservation:
     return wait_for(lambda: Reservation.objects.filter(order_id=order_id).first(), what=f"reservation of {order_id}")
 
@@ -97,7 +90,7 @@ def task_result(handler: str, event_id: str, outcome: str) -> dict:
 def test_order_placed_is_published_once_as_a_valid_cloudevent_and_fans_out(listener):
     # Given products, when an order is placed
     factories.product("P001", stock=10)
-    order = place(("P001", 2))
+    order = factories.order(("P001", 2))
 
     # Then the inventory service's queue got it (stock is held), so did the payments service's ...
     assert reservation_of(order.id).status in TOOK_STOCK
@@ -130,7 +123,7 @@ def test_order_placed_is_published_once_as_a_valid_cloudevent_and_fans_out(liste
 def test_a_duplicate_delivery_has_one_effect(listener, broker_url):
     # Given an order whose OrderPlaced was handled
     factories.product("P002", stock=10)
-    order = place(("P002", 3))
+    order = factories.order(("P002", 3))
     reservation_of(order.id)
     original = received(listener)[0]
     event_id = json.loads(original.body)["id"]
@@ -149,7 +142,7 @@ def test_a_relay_killed_before_marking_rows_sent_causes_no_double_effect(workers
     # Given the relay is killed, and an order is placed meanwhile
     factories.product("P003", stock=10)
     workers.processes.kill("relay")
-    order = place(("P003", 1))
+    order = factories.order(("P003", 1))
     row = OutboxMessage.objects.get(event_type="orders.OrderPlaced.v1")
     assert row.sent_at is None
 
@@ -172,7 +165,7 @@ def test_a_relay_killed_before_marking_rows_sent_causes_no_double_effect(workers
 def test_a_transient_failure_is_retried_with_backoff_and_the_retries_show_in_the_task_result(listener):
     # Given the demo gateway times out twice for tok_flaky
     factories.product("P006", stock=10)
-    order = order_place(customer_email="a@example.com", payment_token="tok_flaky", items=[LineRequest("P006", 1)])
+    order = factories.order(("P006", 1), token="tok_flaky")
     event_id = json.loads(received(listener)[0].body)["id"]
 
     # Then the authorization succeeds on the third attempt, under one task id, and takes effect once

@@ -16,6 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from urllib.parse import quote
 
 import amqp
@@ -37,7 +38,6 @@ from inventory.models import Product, Reservation
 from inventory.services import stock_reserve
 from orders.events import OrderConfirmed, OrderItem, OrderPlaced
 from orders.models import CatalogProduct, Order, OrderLine
-from orders.services import LineRequest, order_place
 from payments.events import PaymentAuthorized
 from payments.models import Payment
 from tests import factories
@@ -221,17 +221,7 @@ def test_a_handler_task_injected_by_another_user_has_no_effect_and_is_filed_as_f
     # Given OrderPlaced events for orders that do not exist, which inventory would hold stock for
     factories.product("P002", stock=10)
 
-    def placed() -> dict:
-        data = OrderPlaced(
-            order_id=uuid.uuid4(),
-            items=[OrderItem(product_id="P002", quantity=3)],
-            total_amount="30.00",
-            currency="USD",
-            timestamp=datetime.now(UTC),
-            payment_token=seal("tok_visa"),
-        )
-        return new_event(data).to_dict()
-
+    placed = partial(factories.order_placed_event, ("P002", 3), total="30.00")
     through_delay, direct = placed(), placed()
 
     # When another service sends inventory's handler task through Celery's delayed delivery, which every
@@ -306,11 +296,6 @@ class Listener:
         self.connection.release()
 
 
-def place(sku: str) -> Order:
-    factories.product(sku, stock=5)
-    return order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest(sku, 1)])
-
-
 def test_a_subscriber_reads_the_queue_the_administrator_bound_for_it_and_nothing_else(workers, broker_url, settings):
     # Given a subscriber (users are the broker's: a name of this test's own) whose queue the administrator
     # declares and binds for OrderPlaced (every version)
@@ -328,14 +313,16 @@ def test_a_subscriber_reads_the_queue_the_administrator_bound_for_it_and_nothing
     # When the relay publishes an order's events, a plain kombu consumer reads them from that queue
     listener = Listener(url, queue)
     try:
-        order = place("P003")
+        factories.product("P003", stock=5)
+        order = factories.order(("P003", 1))
         assert listener.wait("orders.OrderConfirmed.v1", order) == ["orders.OrderPlaced.v1", "orders.OrderConfirmed.v1"]
 
         # And once OrderPlaced is unbound, only OrderConfirmed comes (OrderPlaced is published before it)
         assert subscriber(name, "--queue", "orders", "--event", "orders.OrderPlaced.v1", "--unbind") == [
             f"{queue} is bound to: orders.events order.confirmed"
         ]
-        later = place("P005")
+        factories.product("P005", stock=5)
+        later = factories.order(("P005", 1))
         assert listener.wait("orders.OrderConfirmed.v1", later) == ["orders.OrderConfirmed.v1"]
     finally:
         listener.close()
@@ -412,7 +399,7 @@ def test_broker_setup_is_idempotent_and_grants_what_the_processes_need(workers, 
     grants = broker_setup(broker_url, current_app)
     assert [grant.user for grant in grants] == ["inventory", "orders", "payments", "ops"]
     factories.product("P004", stock=5)
-    order = order_place(customer_email="a@example.com", payment_token="tok_flaky", items=[LineRequest("P004", 1)])
+    order = factories.order(("P004", 1), token="tok_flaky")
     # a retried authorization (delayed delivery) and the whole saga, each step as its own service
     wait_for(lambda: Order.objects.get(pk=order.pk).status == "confirmed", timeout=60, what="the order confirmed")
     assert not DeadLetter.objects.exists()

@@ -8,7 +8,6 @@ import pytest
 from eventbus import metrics
 from eventbus.tests.scrape import scrape
 from orders.models import Order
-from orders.services import LineRequest, order_place
 from payments.models import Payment
 from tests import factories
 from tests.harness import wait_for
@@ -30,7 +29,7 @@ def test_an_order_shows_in_metrics_observed_by_the_relay_and_every_worker(worker
     before = scrape(client, settings)
 
     # When an order goes through: placed, reserved, authorized, confirmed, captured
-    order = order_place(customer_email="m@example.com", payment_token="tok_visa", items=[LineRequest("P301", 1)])
+    order = factories.order(("P301", 1), email="m@example.com")
 
     paid = Payment.objects.filter(order_id=order.pk, status=Payment.Status.CAPTURED)
     wait_for(paid.exists, timeout=60, what="the order's payment to be captured")

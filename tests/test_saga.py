@@ -11,18 +11,11 @@ from django.db import connection
 from inventory.models import Product
 from orders.models import Order
 from orders.selectors import order_timeline
-from orders.services import LineRequest, order_place
 from payments.models import Payment
 from tests import factories
 from tests.harness import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-
-def place(*lines: tuple[str, int], token: str = "tok_visa") -> Order:
-    return order_place(
-        customer_email="buyer@example.com", payment_token=token, items=[LineRequest(s, q) for s, q in lines]
-    )
 
 
 def final(order: Order, *, settled: set[str] | None = None) -> Order:
@@ -42,7 +35,7 @@ def test_a_normal_order_is_confirmed_its_stock_taken_and_its_payment_captured(wo
     factories.product("P101", price="75.00", stock=10)
     factories.product("P102", price="5.00", stock=10)
 
-    order = final(place(("P101", 2), ("P102", 1)), settled={Payment.Status.CAPTURED})
+    order = final(factories.order(("P101", 2), ("P102", 1)), settled={Payment.Status.CAPTURED})
 
     assert order.status == Order.Status.CONFIRMED and order.cancel_reason == ""
     wait_for(lambda: Product.objects.get(sku="P101").stock_on_hand == 8, what="stock shipped")
@@ -58,7 +51,7 @@ def test_a_normal_order_is_confirmed_its_stock_taken_and_its_payment_captured(wo
 def test_a_declined_card_cancels_the_order_and_puts_the_stock_back(workers):
     factories.product("P103", stock=4)
 
-    order = final(place(("P103", 3), token="tok_decline"))
+    order = final(factories.order(("P103", 3), token="tok_decline"))
 
     assert order.status == Order.Status.CANCELLED and order.cancel_reason == "payment: card declined"
     wait_for(lambda: Product.objects.get(sku="P103").stock_reserved == 0, what="stock released")
@@ -71,7 +64,7 @@ def test_missing_stock_cancels_the_order_naming_the_product_and_voids_the_paymen
     factories.product("P104", stock=1)
     factories.product("P105", stock=10)
 
-    order = final(place(("P104", 2), ("P105", 1)), settled={Payment.Status.VOIDED})
+    order = final(factories.order(("P104", 2), ("P105", 1)), settled={Payment.Status.VOIDED})
 
     assert order.status == Order.Status.CANCELLED
     assert order.cancel_reason == "stock: P104 insufficient stock (requested 2, available 1)"
@@ -81,7 +74,7 @@ def test_missing_stock_cancels_the_order_naming_the_product_and_voids_the_paymen
 def test_a_flaky_gateway_is_retried_and_the_order_confirmed(workers):
     factories.product("P106", stock=3)
 
-    order = final(place(("P106", 1), token="tok_flaky"), settled={Payment.Status.CAPTURED})
+    order = final(factories.order(("P106", 1), token="tok_flaky"), settled={Payment.Status.CAPTURED})
 
     assert order.status == Order.Status.CONFIRMED
     placed = order_timeline(order_id=order.pk)[0]
@@ -94,7 +87,7 @@ def test_two_concurrent_orders_for_the_last_unit_confirm_exactly_one(workers):
     placed: list[Order] = []
 
     def buy():
-        placed.append(place(("P107", 1)))
+        placed.append(factories.order(("P107", 1)))
         connection.close()
 
     threads = [threading.Thread(target=buy) for _ in range(2)]

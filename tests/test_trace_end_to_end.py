@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 import requests
-from django.db import connection
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -28,7 +27,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from devstack import pipeline
 from devstack.config import StackConfig
 from devstack.stack import Stack, expected_consumers
-from tests.harness import ROOT, ports_block, wait_for
+from tests.harness import own_run_dir, ports_block, stack_db, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -123,8 +122,7 @@ def traced_stack(receiver: OtlpReceiver) -> Iterator[Stack]:
     config = StackConfig(
         web_port=ports["WEB_PORT"], amqp_port=ports["RABBITMQ_PORT"], management_port=ports["RABBITMQ_MANAGEMENT_PORT"],
         redis_port=ports["REDIS_PORT"], postgres_port=ports["POSTGRES_PORT"],
-        db="postgres" if connection.vendor == "postgresql" else "sqlite",
-        run_dir=ROOT / ".run" / f"trace-test-{uuid.uuid4().hex[:8]}",
+        db=stack_db(), run_dir=own_run_dir("trace"),
     )  # fmt: skip
     tracing = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
                "OTEL_BSP_SCHEDULE_DELAY": "200"}  # fmt: skip

@@ -9,7 +9,6 @@ import pytest
 from django.db import transaction
 
 from orders.selectors import order_waterfall
-from orders.services import LineRequest, order_place
 from tests import factories
 from tests.harness import wait_for
 
@@ -25,8 +24,7 @@ def test_every_hop_of_a_burst_of_orders_is_recorded_through_batches_and_retries(
     tokens = ["tok_visa"] * (ORDERS - 1) + ["tok_flaky"]
     with transaction.atomic():
         ids = [
-            order_place(customer_email=f"w{i}@example.com", payment_token=token, items=[LineRequest("P001", 1)]).id
-            for i, token in enumerate(tokens)
+            factories.order(("P001", 1), token=token, email=f"w{i}@example.com").id for i, token in enumerate(tokens)
         ]
 
     # When every order's waterfall is complete

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 from eventbus import deadletters
-from eventbus.envelope import CONTENT_TYPE, PoisonMessage, from_dict, new_event
+from eventbus.envelope import CONTENT_TYPE, PoisonMessage, from_dict
 from eventbus.models import DeadLetter
+from eventbus.names import service_of_task, task_queue_name
 from tests import factories
 
 
 def an_event(**changes: object) -> dict:
     """An OrderPlaced CloudEvent, as orders publishes it, with `changes` made to its data."""
-    event = new_event(factories.order_placed()).to_dict()
+    event = factories.order_placed_event()
     event["data"].update(changes)
     return event
 
@@ -38,7 +39,7 @@ def handler_letter(error: Exception, *, handler: str = "inventory.reserve_stock"
     """File a letter as handling does when a handler fails for good."""
     return deadletters.store(
         reason=DeadLetter.Reason.PERMANENT,
-        queue=f"{handler.split('.')[0]}.tasks",
+        queue=task_queue_name(service_of_task(handler)),
         handler=handler,
         body=event or an_event(),
         error=f"{type(error).__name__}: {error}",

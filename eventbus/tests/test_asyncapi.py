@@ -19,7 +19,6 @@ from eventbus.asyncapi import (
     render,
 )
 from eventbus.contracts import EventData, all_contracts, contract
-from eventbus.envelope import new_event
 from eventbus.subscriptions import subscribers
 from tests import factories
 
@@ -150,7 +149,7 @@ def test_an_event_on_the_wire_matches_its_message_in_the_catalog():
     payload = jsonschema.Draft7Validator(
         {"$ref": "urn:catalog#/components/messages/orders.OrderPlaced.v1/payload"}, registry=registry
     )
-    wire = new_event(factories.order_placed(), correlation_id="saga-1").to_dict()
+    wire = factories.order_placed_event(correlation_id="saga-1")
     payload.validate(wire)
     with pytest.raises(jsonschema.ValidationError):
         payload.validate({**wire, "data": {**wire["data"], "items": [{"productId": "P001", "quantity": "two"}]}})

@@ -3,45 +3,25 @@ in its own savepoint, one failure not failing its neighbours."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from types import SimpleNamespace
-
 import pytest
 from django.db import OperationalError
 
-from eventbus.envelope import new_event
 from eventbus.errors import PermanentError, TransientError
 from eventbus.handling import run_batch
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
-from eventbus.subscriptions import handler_by_name, subscribers
+from eventbus.subscriptions import handler_by_name
+from eventbus.tests.stand_ins import FakeTask, inventory, inventory_with, reserve_stock_doing
 from inventory.models import Product
 from tests import factories
 
 pytestmark = pytest.mark.django_db
 
 
-class BatchTask:
-    """Stands in for the bound batch task: its request, and an app whose send_task records what it sent."""
-
-    def __init__(self) -> None:
-        self.request = SimpleNamespace(id="batch-1", called_directly=True, retries=0)
-        self.sent: list[dict] = []
-        self.app = SimpleNamespace(send_task=lambda name, **options: self.sent.append({"name": name, **options}))
-
-
-def inventory():
-    return next(s for s in subscribers() if s.service == "inventory")
-
-
-def placed(sku: str = "P001", quantity: int = 1) -> dict:
-    return new_event(factories.order_placed((sku, quantity))).to_dict()
-
-
 def test_a_batch_applies_each_event_once_with_its_own_inbox_row():
     factories.product("P001", stock=10)
-    first, second = placed(quantity=2), placed(quantity=3)
+    first, second = factories.order_placed_event(("P001", 2)), factories.order_placed_event(("P001", 3))
 
-    result = run_batch(BatchTask(), inventory(), [first, second, first])
+    result = run_batch(FakeTask(task_id="batch-1"), inventory(), [first, second, first])
 
     outcomes = [event["handlers"]["inventory.reserve_stock"] for event in result["events"]]
     assert outcomes == ["done", "done", "duplicate"]
@@ -52,17 +32,8 @@ def test_a_batch_applies_each_event_once_with_its_own_inbox_row():
     assert OutboxMessage.objects.filter(event_type="inventory.StockReserved.v1").count() == 2
 
 
-def one_handler_subscriber(function):
-    """The inventory subscriber with its reserve_stock handler replaced by `function`."""
-    handler = replace(handler_by_name("inventory.reserve_stock"), function=function)
-    real = inventory()
-    return SimpleNamespace(
-        service=real.service, batch_task=real.batch_task, task_queue=real.task_queue, handlers_for=lambda _: [handler]
-    )
-
-
 def test_in_a_batch_a_failing_event_takes_back_only_its_own_work():
-    ok, flaky, bad = placed("P001"), placed("P002"), placed("P003")
+    ok, flaky, bad = (factories.order_placed_event((sku, 1)) for sku in ("P001", "P002", "P003"))
     behaviour = {ok["id"]: None, flaky["id"]: TransientError("gateway timeout"), bad["id"]: PermanentError("no")}
 
     def handle(data, event):
@@ -70,8 +41,8 @@ def test_in_a_batch_a_failing_event_takes_back_only_its_own_work():
         if (error := behaviour[event.id]) is not None:
             raise error
 
-    task = BatchTask()
-    result = run_batch(task, one_handler_subscriber(handle), [ok, flaky, bad])
+    task = FakeTask(task_id="batch-1")
+    result = run_batch(task, inventory_with(reserve_stock_doing(handle)), [ok, flaky, bad])
 
     outcomes = [event["handlers"]["inventory.reserve_stock"] for event in result["events"]]
     assert outcomes == ["done", "retrying", "dead-lettered"]
@@ -87,13 +58,13 @@ def test_in_a_batch_a_failing_event_takes_back_only_its_own_work():
 
 
 def test_a_batch_whose_transaction_fails_sends_every_event_on_alone():
-    events = [placed("P001"), placed("P002")]
+    events = [factories.order_placed_event((sku, 1)) for sku in ("P001", "P002")]
 
     def database_gone(data, event):
         raise OperationalError("server closed the connection unexpectedly")
 
-    task = BatchTask()
-    result = run_batch(task, one_handler_subscriber(database_gone), events)
+    task = FakeTask(task_id="batch-1")
+    result = run_batch(task, inventory_with(reserve_stock_doing(database_gone)), events)
 
     assert "OperationalError" in result["split"]
     assert [sent["args"] for sent in task.sent] == [[events[0]], [events[1]]]

@@ -13,7 +13,7 @@ from django.apps import apps
 from django.core.management import CommandError, call_command
 
 from eventbus import deadletters
-from eventbus.envelope import CONTENT_TYPE, new_event
+from eventbus.envelope import CONTENT_TYPE
 from eventbus.models import DeadLetter, DeadLetterReplay
 from eventbus.tests.letters import an_event, handler_letter, poison_letter
 from tests import factories
@@ -114,7 +114,7 @@ def test_a_correction_that_fails_its_checks_is_refused_and_nothing_is_sent_or_re
 
 
 def test_a_correction_must_still_reach_the_handler_that_failed(inventory_events):
-    cancelled = new_event(factories.order_placed()).to_dict() | {"type": "orders.OrderCancelled.v1"}
+    cancelled = factories.order_placed_event() | {"type": "orders.OrderCancelled.v1"}
     cancelled["data"] = {"orderId": cancelled["data"]["orderId"], "reason": "customer asked"}
     letter = handler_letter(ValueError("x"))  # inventory.reserve_stock, which reads OrderPlaced
 

@@ -4,16 +4,17 @@ import json
 from dataclasses import replace
 
 import pytest
+from celery.exceptions import Retry
 from django.db import transaction
 
-from eventbus.envelope import CloudEvent, from_dict, new_event
+from eventbus.envelope import CloudEvent, from_dict
 from eventbus.errors import PermanentError, TransientError
 from eventbus.handling import apply_once, backoff, run_handler
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 from eventbus.outbox import HopLimitExceeded, publish
 from eventbus.subscriptions import handler_by_name
+from eventbus.tests.stand_ins import FakeTask, reserve_stock_doing
 from inventory.models import Product
-from orders.services import LineRequest, order_place
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -42,7 +43,7 @@ def test_publish_writes_an_outbox_row_and_nudges_the_relay_after_commit(django_c
 def test_a_handler_applies_an_event_once_and_its_events_inherit_correlation_and_causation():
     # Given an order whose OrderPlaced sits in the outbox
     factories.product("P001", stock=5)
-    order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P001", 2)])
+    factories.order(("P001", 2))
     event = placed_event()
     handler = handler_by_name("inventory.reserve_stock")
 
@@ -61,7 +62,7 @@ def test_a_handler_applies_an_event_once_and_its_events_inherit_correlation_and_
 
 def test_the_hop_limit_stops_a_chain_that_grows_too_long(settings):
     factories.product("P001", stock=5)
-    order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P001", 1)])
+    factories.order(("P001", 1))
     event = placed_event()
     looping = replace(event, hops=settings.EVENTBUS_MAX_HOPS)
     with pytest.raises(HopLimitExceeded):
@@ -79,36 +80,21 @@ def test_backoff_grows_exponentially_with_jitter_up_to_a_cap(settings):
             assert len(set(delays)) > 1, "jittered"
 
 
-class FakeTask:
-    """Stands in for the bound Celery task: its request's retry count, and retry() recording the countdown."""
-
-    class Retry(Exception):
-        pass
-
-    def __init__(self, retries: int) -> None:
-        self.request = type("Request", (), {"retries": retries, "id": "task-x", "called_directly": True})()
-        self.countdowns: list[float] = []
-
-    def retry(self, *, exc, countdown, max_retries):
-        self.countdowns.append(countdown)
-        return self.Retry()
-
-
 def failing_handler(error: Exception):
     def explode(data, event):
         raise error
 
-    return replace(handler_by_name("inventory.reserve_stock"), function=explode)
+    return reserve_stock_doing(explode)
 
 
 def test_a_transient_error_retries_until_the_attempts_run_out_then_is_dead_lettered(settings):
     settings.EVENTBUS_MAX_ATTEMPTS = 3
-    raw = new_event(factories.order_placed()).to_dict()
+    raw = factories.order_placed_event()
     handler = failing_handler(TransientError("gateway timeout"))
 
     for retries in (0, 1):
         task = FakeTask(retries)
-        with pytest.raises(FakeTask.Retry):
+        with pytest.raises(Retry):
             run_handler(task, handler, raw)
         assert 0 < task.countdowns[0] <= settings.EVENTBUS_RETRY_MAX_DELAY
     assert not DeadLetter.objects.exists()
@@ -122,7 +108,7 @@ def test_a_transient_error_retries_until_the_attempts_run_out_then_is_dead_lette
 
 
 def test_a_permanent_error_is_dead_lettered_at_once():
-    raw = new_event(factories.order_placed()).to_dict()
+    raw = factories.order_placed_event()
     with pytest.raises(PermanentError):
         run_handler(FakeTask(0), failing_handler(PermanentError("bad payload")), raw)
     assert DeadLetter.objects.get().reason == "permanent"

@@ -19,6 +19,7 @@ from django.utils import timezone
 from eventbus.health import pipeline_health
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 from orders.models import Order
+from tests import factories
 
 pytestmark = pytest.mark.django_db
 
@@ -85,15 +86,6 @@ def order(status: str) -> Order:
     return Order.objects.create(customer_email="a@example.com", status=status, total_amount=Decimal("10.00"))
 
 
-def outbox_row(*, age: timedelta = timedelta(0), sent: bool = False) -> OutboxMessage:
-    row = OutboxMessage.objects.create(
-        event_id=uuid.uuid4(), event_type="orders.OrderPlaced.v1", exchange="orders.events",
-        routing_key="order.placed", body={}, sent_at=timezone.now() if sent else None,
-    )  # fmt: skip
-    OutboxMessage.objects.filter(pk=row.pk).update(created_at=timezone.now() - age)
-    return row
-
-
 def dead_letter(*, replayed: bool) -> DeadLetter:
     return DeadLetter.objects.create(
         reason=DeadLetter.Reason.POISON, queue="inventory.events", body="{", error="bad JSON",
@@ -107,9 +99,10 @@ def rows() -> None:
     order(Order.Status.PENDING)
     order(Order.Status.PENDING)
     order(Order.Status.CANCELLED)
-    outbox_row(age=timedelta(minutes=10), sent=True)
-    outbox_row(age=timedelta(minutes=5))
-    outbox_row(age=timedelta(minutes=1))
+    now = timezone.now()
+    factories.outbox_rows("order.placed", created_at=now - timedelta(minutes=10), sent_at=now)
+    factories.outbox_rows("order.placed", created_at=now - timedelta(minutes=5))
+    factories.outbox_rows("order.placed", created_at=now - timedelta(minutes=1))
     dead_letter(replayed=True)
     dead_letter(replayed=False)
     InboxMessage.objects.create(handler="inventory.reserve_stock", event_id=uuid.uuid4(), event_type="x")

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import pytest
 from celery import Celery, current_app
-from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.utils import timezone
@@ -20,7 +19,6 @@ from eventbus.authenticity import ForgedMessage, check_task_sender, event_forger
 from eventbus.broker_admin import subscription_bindings
 from eventbus.contracts import lookup
 from eventbus.deadletters import REPLAY_HEADER
-from eventbus.envelope import new_event
 from eventbus.handling import run_handler
 from eventbus.identities import (
     CELERY_INFRASTRUCTURE,
@@ -38,6 +36,7 @@ from eventbus.identities import (
 from eventbus.models import DeadLetter, InboxMessage
 from eventbus.passwords import PasswordFile
 from eventbus.subscriptions import handler_by_name, subscribers
+from eventbus.topology import task_queues
 from eventbus.worker import forget_other_queues, sign_task
 from inventory.models import Reservation
 from tests import factories
@@ -90,7 +89,7 @@ def test_no_pipeline_user_may_declare_or_delete_the_topology_only_celery_its_own
 
 def test_ops_sends_tasks_to_every_task_queue_and_replays_through_the_default_exchange():
     ops = grants()[OPS]
-    assert all(allows(ops.write, queue.exchange.name) for queue in django_settings.CELERY_TASK_QUEUES)
+    assert all(allows(ops.write, queue.exchange.name) for queue in task_queues())
     assert allows(ops.write, "amq.default")
     assert not any(allows(grant.write, "amq.default") for user, grant in grants().items() if user != OPS)
 
@@ -236,7 +235,7 @@ def test_a_handler_task_is_authentic_only_from_its_own_services_user(settings):
 def test_a_handler_task_delivered_from_another_user_is_filed_as_forged_and_has_no_effect():
     # Given an OrderPlaced that inventory would hold stock for
     factories.product("P001", stock=5)
-    event = new_event(factories.order_placed(("P001", 2))).to_dict()
+    event = factories.order_placed_event(("P001", 2))
     handler = handler_by_name("inventory.reserve_stock")
     task = current_app.tasks[handler.name]
 
@@ -282,7 +281,7 @@ def test_every_task_message_names_the_broker_user_of_the_process(monkeypatch):
 def test_a_worker_forgets_the_task_queues_it_does_not_consume():
     # (Celery binds every queue it knows to its delayed-delivery exchange; a service may bind only its own)
     app = Celery(set_as_current=False)
-    app.conf.task_queues = django_settings.CELERY_TASK_QUEUES
+    app.conf.task_queues = task_queues()
     app.amqp.queues.select(["inventory.tasks", "eventbus.tasks"])
 
     forget_other_queues(sender=SimpleNamespace(app=app))

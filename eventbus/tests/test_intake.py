@@ -12,7 +12,7 @@ from celery.worker import state as worker_state
 
 from eventbus import intake
 from eventbus.envelope import CONTENT_TYPE, new_event
-from eventbus.subscriptions import subscribers
+from eventbus.tests import stand_ins
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -60,7 +60,7 @@ def busy(n: int) -> None:
 
 
 def arrive(step, count: int) -> list[Message]:
-    inventory = next(s for s in subscribers() if s.service == "inventory")
+    inventory = stand_ins.inventory()
     messages = [Message(new_event(factories.order_placed())) for _ in range(count)]
     for message in messages:
         step.on_event(inventory, message)

@@ -4,9 +4,7 @@ age of events when published, observed by calling handling and the relay directl
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from datetime import timedelta
-from types import SimpleNamespace
 
 import pytest
 from celery.exceptions import Reject, Retry
@@ -14,44 +12,29 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from eventbus import deadletters
-from eventbus.envelope import new_event
 from eventbus.errors import PermanentError, TransientError
 from eventbus.handling import run_batch, run_handler
 from eventbus.models import DeadLetter, OutboxMessage
 from eventbus.outbox import publish
 from eventbus.relay import publish_rows
-from eventbus.subscriptions import Handler, handler_by_name, subscribers
+from eventbus.subscriptions import Handler
 from eventbus.tests.scrape import scrape
+from eventbus.tests.stand_ins import FakeTask, inventory_with, reserve_stock_doing
 from tests import factories
 
 pytestmark = pytest.mark.django_db
 DURATION = "orderpipe_handler_duration_seconds_count"
 
 
-class FakeTask:
-    """Stands in for a handler's bound task, called directly: retry() gives Celery's Retry, as a worker's does."""
-
-    def __init__(self, retries: int = 0) -> None:
-        self.request = SimpleNamespace(retries=retries, id="task-m", called_directly=True, properties={})
-
-    def retry(self, *, exc, countdown, max_retries):
-        return Retry(exc=exc, when=countdown)
-
-
 def handler_doing(function) -> Handler:
     """inventory's reserve_stock as `function`, under a name of its own: workers running beside this test
     observe the real handlers, never this one."""
-    real = handler_by_name("inventory.reserve_stock")
-    return replace(real, name=f"metrics-test.{uuid.uuid4().hex[:8]}", function=function)
-
-
-def placed() -> dict:
-    return new_event(factories.order_placed()).to_dict()
+    return reserve_stock_doing(function, name=f"metrics-test.{uuid.uuid4().hex[:8]}")
 
 
 def test_a_handler_run_is_timed_by_its_outcome_and_a_duplicate_is_counted(client, settings):
     handler = handler_doing(lambda data, event: None)
-    event = placed()
+    event = factories.order_placed_event()
 
     assert run_handler(FakeTask(), handler, event)["outcome"] == "done"
     assert run_handler(FakeTask(), handler, event)["outcome"] == "duplicate"
@@ -74,7 +57,7 @@ def test_a_transient_error_counts_a_retry_and_a_permanent_one_a_dead_letter_by_r
         raise errors.pop(0)
 
     handler = handler_doing(fail)
-    event = placed()
+    event = factories.order_placed_event()
     before = scrape(client, settings)
 
     # When it is retried once, then dead-lettered
@@ -104,13 +87,13 @@ def test_a_run_whose_dead_letter_cannot_be_stored_failed(client, settings, monke
     handler = handler_doing(reject)
 
     with pytest.raises(Reject):
-        run_handler(FakeTask(), handler, placed())
+        run_handler(FakeTask(), handler, factories.order_placed_event())
 
     assert scrape(client, settings)(DURATION, handler=handler.name, outcome="failed") == 1
 
 
 def test_in_a_batch_each_handler_run_shows_by_its_outcome(client, settings, django_capture_on_commit_callbacks):
-    ok, flaky, bad = placed(), placed(), placed()
+    ok, flaky, bad = (factories.order_placed_event() for _ in range(3))
     behaviour = {ok["id"]: None, flaky["id"]: TransientError("timeout"), bad["id"]: PermanentError("no")}
 
     def handle(data, event):
@@ -118,14 +101,8 @@ def test_in_a_batch_each_handler_run_shows_by_its_outcome(client, settings, djan
             raise error
 
     handler = handler_doing(handle)
-    real = next(s for s in subscribers() if s.service == "inventory")
-    subscriber = SimpleNamespace(service=real.service, batch_task=real.batch_task, task_queue=real.task_queue,
-                                 handlers_for=lambda _: [handler])  # fmt: skip
-    task = SimpleNamespace(request=SimpleNamespace(id="batch-m", called_directly=True, retries=0),
-                           app=SimpleNamespace(send_task=lambda name, **options: None))  # fmt: skip
-
     with django_capture_on_commit_callbacks(execute=True):
-        run_batch(task, subscriber, [ok, flaky, bad, ok])
+        run_batch(FakeTask(task_id="batch-m"), inventory_with(handler), [ok, flaky, bad, ok])
 
     after = scrape(client, settings)
     expected = {"done": 1, "retrying": 1, "dead-lettered": 1, "duplicate": 1, "failed": 0}

@@ -4,17 +4,14 @@ own. Each case runs in fresh Python processes, the variable being read when prom
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from eventbus.metrics import PREFIX
+from tests.harness import ROOT, environment, python
 
-ROOT = Path(__file__).resolve().parents[2]
 DEAD_PID = 4_194_999  # above Linux's largest pid: never a live process
 
 
@@ -26,11 +23,8 @@ def run(code: str, *, directory: Path | None, host: str | None = None, pid: int 
     if pid:
         pretend.append(f"import os; os.getpid = lambda: {pid}")
     script = "\n".join([*pretend, "import django; django.setup()", textwrap.dedent(code)])
-    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
-    env["DJANGO_SETTINGS_MODULE"] = "orderproj.settings.test"
-    if directory is not None:
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    env = environment(PROMETHEUS_MULTIPROC_DIR=None if directory is None else str(directory))
+    done = python(script, env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

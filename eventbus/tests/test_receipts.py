@@ -3,18 +3,17 @@ a handler's own task, a batch, and a batch's event sent on alone; called directl
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
 
-from eventbus.envelope import new_event
 from eventbus.errors import TransientError
 from eventbus.handling import run_batch, run_handler, send_batch_task, send_handler_task
 from eventbus.models import InboxMessage
 from eventbus.receipts import RECEIVED_HEADER, received_times
-from eventbus.subscriptions import handler_by_name, subscribers
+from eventbus.subscriptions import handler_by_name
+from eventbus.tests.stand_ins import FakeTask, inventory, inventory_with, reserve_stock_doing
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -22,23 +21,16 @@ pytestmark = pytest.mark.django_db
 RECEIVED = datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 
 
-class Task:
-    """Stands in for a bound task whose message carried `headers` (Celery makes each header a request attribute)."""
-
-    def __init__(self, task_id: str, headers: dict | None = None) -> None:
-        self.request = SimpleNamespace(id=task_id, called_directly=True, retries=0, **(headers or {}))
-        self.sent: list[dict] = []
-        self.app = SimpleNamespace(send_task=lambda name, **options: self.sent.append({"name": name, **options}))
-
-
-def placed(sku: str) -> dict:
-    factories.product(sku, stock=10)
-    return new_event(factories.order_placed((sku, 1))).to_dict()
+@pytest.fixture(autouse=True)
+def stock() -> None:
+    """The products of the events' lines, in stock for inventory's handler to hold."""
+    factories.product("P001", stock=10)
+    factories.product("P002", stock=10)
 
 
 def test_a_handler_task_stores_when_its_event_was_received():
-    raw = placed("P001")
-    task = Task("task-1", {RECEIVED_HEADER: {raw["id"]: RECEIVED.timestamp()}})
+    raw = factories.order_placed_event(("P001", 1))
+    task = FakeTask(task_id="task-1", headers={RECEIVED_HEADER: {raw["id"]: RECEIVED.timestamp()}})
 
     run_handler(task, handler_by_name("inventory.reserve_stock"), raw)
 
@@ -46,27 +38,24 @@ def test_a_handler_task_stores_when_its_event_was_received():
 
 
 def test_a_task_sent_without_receipts_is_handled_with_none():
-    raw = placed("P001")
+    raw = factories.order_placed_event(("P001", 1))
 
-    assert run_handler(Task("task-1"), handler_by_name("inventory.reserve_stock"), raw)["outcome"] == "done"
+    assert run_handler(FakeTask(task_id="task-1"), handler_by_name("inventory.reserve_stock"), raw)["outcome"] == "done"
 
     assert InboxMessage.objects.get().delivered_at is None
 
 
 def test_a_batch_stores_each_events_receipt_and_passes_it_on_with_an_event_that_goes_on_alone():
-    ok, flaky = placed("P001"), placed("P002")
+    ok, flaky = (factories.order_placed_event((sku, 1)) for sku in ("P001", "P002"))
     receipts = {ok["id"]: RECEIVED.timestamp(), flaky["id"]: RECEIVED.timestamp() + 0.5}
 
     def handle(data, event):
         if event.id == flaky["id"]:
             raise TransientError("gateway timeout")
 
-    handler = replace(handler_by_name("inventory.reserve_stock"), function=handle)
-    subscriber = SimpleNamespace(service="inventory", batch_task="inventory.handle_batch",
-                                 task_queue="inventory.tasks", handlers_for=lambda _: [handler])  # fmt: skip
-    task = Task("batch-1", {RECEIVED_HEADER: receipts})
+    task = FakeTask(task_id="batch-1", headers={RECEIVED_HEADER: receipts})
 
-    run_batch(task, subscriber, [ok, flaky])
+    run_batch(task, inventory_with(reserve_stock_doing(handle)), [ok, flaky])
 
     assert InboxMessage.objects.get(event_id=ok["id"]).delivered_at == RECEIVED
     [alone] = task.sent
@@ -74,12 +63,11 @@ def test_a_batch_stores_each_events_receipt_and_passes_it_on_with_an_event_that_
 
 
 def test_the_intakes_receipts_go_in_the_headers_of_the_tasks_it_sends():
-    raw = placed("P001")
-    task = Task("intake")  # its app records what is sent
+    raw = factories.order_placed_event(("P001", 1))
+    task = FakeTask(task_id="intake")  # its app records what is sent
 
     send_handler_task(task.app, handler_by_name("inventory.reserve_stock"), raw, received={raw["id"]: 1.5})
-    inventory = next(s for s in subscribers() if s.service == "inventory")
-    send_batch_task(task.app, inventory, [raw], received={raw["id"]: 2.5})
+    send_batch_task(task.app, inventory(), [raw], received={raw["id"]: 2.5})
     send_handler_task(task.app, handler_by_name("inventory.reserve_stock"), raw)
 
     assert [sent["headers"] for sent in task.sent] == [

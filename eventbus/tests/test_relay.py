@@ -40,19 +40,10 @@ from eventbus.outbox_claims import (
 )
 from eventbus.relay import Relay, sweep
 from eventbus.tasks import sweep_outbox
+from tests.factories import outbox_rows
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.django_db
-
-
-def outbox_rows(
-    *routing_keys: str, exchange: str = "orders.events", event_type: str = "orders.OrderPlaced.v1"
-) -> list[OutboxMessage]:
-    """Rows of `event_type` (which names the producer the relay publishes them as) with bodies of their own."""
-    return OutboxMessage.objects.bulk_create(
-        OutboxMessage(event_id=uuid.uuid4(), event_type=event_type, exchange=exchange, routing_key=key, body={"n": n})
-        for n, key in enumerate(routing_keys)
-    )
 
 
 def ids(rows: list[OutboxMessage]) -> list[int]:
@@ -388,11 +379,7 @@ def test_relay_once_publishes_under_its_name(route):
 def test_two_relays_side_by_side_publish_every_row_exactly_once(route):
     # Given a few thousand committed rows
     count = 3000
-    rows = OutboxMessage.objects.bulk_create(
-        OutboxMessage(event_id=uuid.uuid4(), event_type="orders.OrderPlaced.v1", exchange=route.exchange.name,
-                      routing_key=f"ok.{n}", body={"n": n})
-        for n in range(count)
-    )  # fmt: skip
+    rows = outbox_rows(*(f"ok.{n}" for n in range(count)), exchange=route.exchange.name)
 
     # When two relays run side by side, in small batches so that they claim again and again
     relays = [Relay(name=f"relay-{n}", batch_size=40, poll_seconds=0.2) for n in (1, 2)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,10 +24,9 @@ from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 from eventbus.retention import check_retention_policy, event_expired, redelivery_bound, retention_run
 from eventbus.subscriptions import handler_by_name
 from eventbus.tests.bulk import days_before, fill, uuid_of
-from eventbus.tests.test_handling import FakeTask
+from eventbus.tests.stand_ins import FakeTask
 from inventory.models import Product
 from orderproj.settings.base import env_duration
-from orders.services import LineRequest, order_place
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -83,9 +81,9 @@ def fill_tables(now: datetime) -> Markers:
         replayed_at=f"CASE WHEN n % 3 = 0 THEN NULL ELSE {dead_age} END",  # every third one waits for an operator
     )
     month_ago = now - timedelta(days=30)
-    unsent = outbox_row("unsent", created_at=month_ago)
-    blocked = outbox_row("blocked", created_at=month_ago, blocked_at=month_ago + timedelta(hours=1))
-    recent = outbox_row("recent", created_at=now - timedelta(days=6), sent_at=now - timedelta(days=6))
+    (unsent,) = factories.outbox_rows("unsent", created_at=month_ago)
+    (blocked,) = factories.outbox_rows("blocked", created_at=month_ago, blocked_at=month_ago + timedelta(hours=1))
+    (recent,) = factories.outbox_rows("recent", created_at=now - timedelta(days=6), sent_at=now - timedelta(days=6))
     return Markers(unsent.pk, blocked.pk, recent.pk)
 
 
@@ -104,13 +102,6 @@ def task_result_expired(n: int) -> bool:
 
 def dead_letter_expired(n: int) -> bool:
     return n % 3 != 0 and n % 40 >= 30  # replayed more than 30 days ago
-
-
-def outbox_row(name: str, *, created_at: datetime, **fields: object) -> OutboxMessage:
-    row = OutboxMessage.objects.create(event_id=uuid.uuid4(), event_type=name, exchange="x", routing_key=name,
-                                       body={}, **fields)  # fmt: skip
-    OutboxMessage.objects.filter(pk=row.pk).update(created_at=created_at)
-    return row
 
 
 def inbox_rows(count: int, *, days_old: str, now: datetime) -> None:
@@ -237,7 +228,7 @@ def test_the_default_inbox_window_outlives_the_longest_retry_schedule():
 
 def aged_event(days: float) -> dict:
     """The OrderPlaced of a fresh order, as if it had been published `days` ago."""
-    order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P001", 2)])
+    factories.order(("P001", 2))
     raw = OutboxMessage.objects.filter(event_type="orders.OrderPlaced.v1").latest("pk").body
     at = datetime.now(UTC) - timedelta(days=days)
     return {**raw, "time": at.isoformat().replace("+00:00", "Z")}

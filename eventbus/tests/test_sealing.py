@@ -2,15 +2,13 @@
 the Django secret key or anything else in the repository."""
 
 import stat
-import subprocess
-import sys
 
 import pytest
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from eventbus.sealing import PREFIX, SealBroken, seal, unseal
-from tests.harness import ROOT
+from tests.harness import python_started
 
 
 @pytest.fixture
@@ -85,10 +83,7 @@ def test_processes_starting_together_share_one_key_file(settings, tmp_path):
     # Given four processes that find no key file and seal at the same moment
     code = "import django, sys; django.setup(); from eventbus.sealing import seal; sys.stdout.write(seal('tok_visa'))"
     env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "orderproj.settings.local", "RUN_DIR": str(tmp_path)}
-    runs = [
-        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
+    runs = [python_started(code, env) for _ in range(4)]
     sealed = [run.communicate(timeout=60)[0] for run in runs]
 
     # Then one key was made, and it opens what every one of them sealed

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from ast import literal_eval
 from collections.abc import Iterator
 
@@ -28,7 +25,7 @@ from eventbus.outbox import current_event, publish
 from eventbus.subscriptions import handler_by_name
 from eventbus.telemetry_sdk import WithoutOrphanCalls
 from tests import factories
-from tests.harness import ROOT
+from tests.harness import environment, python
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -279,10 +276,8 @@ print(repr((loaded, settings.MIDDLEWARE[0], tracing._tracer is not None)))
 
 def web_process(exporter: str, script: str = PROBE) -> list[str]:
     """The lines `script` prints in a process set up as the web's, with OTEL_TRACES_EXPORTER=`exporter`."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "orderproj.settings.test", "OTEL_TRACES_EXPORTER": exporter}
-    env.pop("OTEL_SERVICE_NAME", None)
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120, check=True)  # fmt: skip
+    done = python(script, environment(OTEL_TRACES_EXPORTER=exporter, OTEL_SERVICE_NAME=None))
+    assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
 
@@ -303,7 +298,5 @@ def test_with_the_console_exporter_the_web_process_is_instrumented_and_prints_a_
 
 
 def test_an_unknown_exporter_is_refused_at_start():
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "orderproj.settings.test", "OTEL_TRACES_EXPORTER": "jaeger"}
-    done = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    done = python("import django; django.setup()", environment(OTEL_TRACES_EXPORTER="jaeger"))
     assert done.returncode != 0 and "OTEL_TRACES_EXPORTER='jaeger'" in done.stderr

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
-from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 RUN_DIR = Path(os.environ.get("RUN_DIR", BASE_DIR / ".run"))
@@ -34,6 +33,13 @@ def env_rate(name: str, default: str) -> str | None:
     if not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|min|minute|h|hour|d|day)", text):
         raise ImproperlyConfigured(f"{name}={text!r}: expected a rate such as 120/min, 10/s or 5000/day, or off")
     return text
+
+
+def env_prefixed(prefix: str) -> dict[str, str]:
+    """Every non-empty variable named `<prefix><NAME>`, by `name` in lower case."""
+    return {
+        key.removeprefix(prefix).lower(): value for key, value in os.environ.items() if key.startswith(prefix) and value
+    }
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -118,6 +124,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
+    # Django's backend, with writers queueing on a file lock rather than SQLite's sleeping busy handler.
+    DATABASES["default"]["ENGINE"] = "orderproj.db.sqlite3"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
@@ -227,33 +235,14 @@ CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
 CELERY_WORKER_DETECT_QUORUM_QUEUES = True
 CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
 TASK_QUEUE_DELIVERY_LIMIT = env_int("TASK_QUEUE_DELIVERY_LIMIT", 10)
-
-
-def task_queue(name: str) -> Queue:
-    """A service's Celery task queue: quorum, on its own topic exchange, dead-lettering to `<name>.dlq`."""
-    return Queue(
-        name,
-        Exchange(name, type="topic", durable=True),
-        routing_key=name,
-        durable=True,
-        # Declared once, by `manage.py broker_setup`: the users that send to it or consume it may not declare it.
-        no_declare=True,
-        queue_arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": TASK_QUEUE_DELIVERY_LIMIT,
-            "x-dead-letter-exchange": "eventbus.dlx",
-            "x-dead-letter-routing-key": f"{name}.dlq",
-        },
-    )
-
-
-SERVICES = ("orders", "inventory", "payments")
-CELERY_TASK_QUEUES = [task_queue(f"{service}.tasks") for service in SERVICES] + [task_queue("eventbus.tasks")]
+# The task queues follow from the subscriptions (eventbus.topology.task_queues): each subscribing service's
+# `<service>.tasks` and the bus's housekeeping queue, given to Celery when the apps are ready; a service's
+# tasks (`<service>.*`) are routed to its queue by name. A new service needs no line here.
 CELERY_TASK_DEFAULT_QUEUE = "eventbus.tasks"
 CELERY_TASK_DEFAULT_EXCHANGE = "eventbus.tasks"
 CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
 CELERY_TASK_DEFAULT_ROUTING_KEY = "eventbus.tasks"
-CELERY_TASK_ROUTES = {f"{service}.*": {"queue": f"{service}.tasks"} for service in SERVICES}
+CELERY_TASK_ROUTES = ("eventbus.topology.route_task",)
 
 # --- REST framework.
 REST_FRAMEWORK = {
@@ -316,7 +305,9 @@ EVENTBUS_INTAKE_PREFETCH = env_int("EVENTBUS_INTAKE_PREFETCH", 64)
 # Most events of one service handed to one `<service>.handle_batch` task when they arrive together.
 EVENTBUS_BATCH_MAX = env_int("EVENTBUS_BATCH_MAX", 32)
 # The intake holds events once this many tasks of its worker are in flight (0: as many as pool processes)...
-EVENTBUS_INTAKE_TASKS_IN_FLIGHT = env_int("EVENTBUS_INTAKE_TASKS_IN_FLIGHT", 0)
+# One is the default: events wait for the task in flight and then go together, which at half load made
+# p99 several times shorter in `make bench` (docs/benchmark.md), while an idle worker waits for nothing.
+EVENTBUS_INTAKE_TASKS_IN_FLIGHT = env_int("EVENTBUS_INTAKE_TASKS_IN_FLIGHT", 1)
 # ... until one is done, at most this long.
 EVENTBUS_BATCH_WAIT_SECONDS = float(os.environ.get("EVENTBUS_BATCH_WAIT_SECONDS", "0.1"))
 EVENTBUS_RELAY_BATCH = env_int("EVENTBUS_RELAY_BATCH", 500)
@@ -328,7 +319,7 @@ EVENTBUS_RELAY_MAX_ATTEMPTS = env_int("EVENTBUS_RELAY_MAX_ATTEMPTS", 10)  # then
 # Encrypts secrets inside events: comma-separated keys, the first seals, all unseal (see eventbus.sealing).
 EVENTBUS_SEAL_KEY = os.environ.get("EVENTBUS_SEAL_KEY", "")
 EVENTBUS_SEAL_KEY_FILE: Path | None = None  # where the key is kept (and made) when EVENTBUS_SEAL_KEY is empty
-# Broker identities (eventbus.identities; README, "Security"). The relay publishes each producer's events as
+# Broker identities (eventbus.identities; docs/security.md). The relay publishes each producer's events as
 # that producer's broker user: `orders:<password>,inventory:<password>,payments:<password>`.
 EVENTBUS_PUBLISHER_CREDENTIALS = os.environ.get("EVENTBUS_PUBLISHER_CREDENTIALS", "")
 # Dead-letter as `forged` an event, or a handler task, that the broker user allowed to send it did not send.
@@ -336,12 +327,9 @@ EVENTBUS_VERIFY_PUBLISHER = env_bool("EVENTBUS_VERIFY_PUBLISHER", True)
 # Read by `manage.py broker_setup` and `broker_subscriber` only: the administrator's AMQP URL (its vhost is
 # the one they set up), and the passwords broker_setup gives the pipeline's users.
 BROKER_ADMIN_URL = os.environ.get("BROKER_ADMIN_URL", "")
-BROKER_PASSWORDS = {
-    "ops": os.environ.get("BROKER_PASSWORD_OPS", ""),
-    "orders": os.environ.get("BROKER_PASSWORD_ORDERS", ""),
-    "inventory": os.environ.get("BROKER_PASSWORD_INVENTORY", ""),
-    "payments": os.environ.get("BROKER_PASSWORD_PAYMENTS", ""),
-}
+# BROKER_PASSWORD_<USER> for each pipeline user: OPS, and one per service (ORDERS, INVENTORY, ...); read by
+# prefix, so that a new service's password needs no line here.
+BROKER_PASSWORDS = env_prefixed("BROKER_PASSWORD_")
 BROKER_PASSWORD_FILE: Path | None = None  # where passwords missing above are kept (and made): local stacks
 # Retention (eventbus.retention): rows that have served their purpose are deleted after these
 # windows. The inbox window must outlive every redelivery; `manage.py check` says when it is too short.

@@ -18,7 +18,7 @@ BROKER_PASSWORD_FILE = RUN_DIR / "broker-credentials.json"  # noqa: F405
 
 # A file, not SQLite's in-memory default: worker processes started by the tests open it too.
 TEST_RUN_ID = os.environ.get("TEST_RUN_ID", f"{os.getpid()}")
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
     DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / f"test-{TEST_RUN_ID}.sqlite3")}  # noqa: F405
 
 # The suite posts many orders and logs in many times from one address: no API throttles and no

@@ -9,7 +9,7 @@ from django.db import transaction
 
 from eventbus.tests.scrape import scrape
 from orders.models import Order
-from orders.services import LineRequest, order_cancel_stale, order_place, order_record_leg
+from orders.services import order_cancel_stale, order_record_leg
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -18,7 +18,7 @@ COUNT, TOTAL = "orderpipe_order_decision_seconds_count", "orderpipe_order_decisi
 
 def order_placed_ago(seconds: float) -> Order:
     factories.product("P001", stock=100)
-    order = order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P001", 1)])
+    order = factories.order(("P001", 1))
     Order.objects.filter(pk=order.pk).update(created_at=order.created_at - timedelta(seconds=seconds))
     return order
 

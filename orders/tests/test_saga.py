@@ -12,9 +12,7 @@ from eventbus.models import OutboxMessage
 from inventory.events import ReservedLine, StockReserved
 from orders.models import Order
 from orders.services import (
-    LineRequest,
     order_cancel_stale,
-    order_place,
     order_record_authorization,
     order_record_leg,
 )
@@ -28,7 +26,7 @@ Stock, Payment = Order.StockLeg, Order.PaymentLeg
 
 def new_order(price: str = "10.00") -> Order:
     factories.product("P001", price=price, stock=100)
-    return order_place(customer_email="a@example.com", payment_token="tok_visa", items=[LineRequest("P001", 1)])
+    return factories.order(("P001", 1))
 
 
 def decisions(order: Order) -> list[str]:

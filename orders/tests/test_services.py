@@ -7,20 +7,16 @@ import pytest
 from eventbus.models import OutboxMessage
 from eventbus.sealing import unseal
 from orders.models import CatalogProduct, Order, OrderLine
-from orders.services import LineRequest, OrderRejected, catalog_product_apply, order_place
+from orders.services import OrderRejected, catalog_product_apply
 from tests import factories
 
 pytestmark = pytest.mark.django_db
 
 
-def place(*lines, token="tok_visa"):
-    return order_place(customer_email="a@example.com", payment_token=token, items=[LineRequest(s, q) for s, q in lines])
-
-
 def test_an_order_is_priced_from_the_catalogue_and_announced_in_the_same_transaction():
     factories.product("P001", price="75.00")
     factories.product("P002", price="0.50")
-    order = place(("P001", 2), ("P002", 1), ("P001", 1))
+    order = factories.order(("P001", 2), ("P002", 1), ("P001", 1))
     assert order.status == Order.Status.PENDING and order.total_amount == Decimal("225.50")
     assert sorted(order.lines.values_list("product_id", "quantity")) == [("P001", 3), ("P002", 1)]
     event = OutboxMessage.objects.get(event_type="orders.OrderPlaced.v1").body
@@ -42,7 +38,7 @@ def test_an_order_is_priced_from_the_catalogue_and_announced_in_the_same_transac
 def test_bad_orders_are_rejected_whole_and_nothing_is_stored(lines, token, field, message):
     factories.product("P001")
     with pytest.raises(OrderRejected) as rejected:
-        place(*lines, token=token)
+        factories.order(*lines, token=token)
     assert message in " ".join(rejected.value.errors[field])
     assert not Order.objects.exists() and not OrderLine.objects.exists() and not OutboxMessage.objects.exists()
 
