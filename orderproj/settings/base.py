@@ -201,6 +201,11 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 60)
 CELERY_TASK_TRACK_STARTED = False
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
+# A worker's remote-control queue (`<node>.celery.pidbox`, what Flower's inspect calls use) is exclusive by
+# default. After a RabbitMQ node restart in a cluster, the queue of the worker's dead connection can outlive
+# it for a moment, and the reconnecting worker then stopped with RESOURCE_LOCKED (seen in `make chaos` on
+# three nodes). Not exclusive, the worker declares it again; x-expires still removes it once unused.
+CELERY_CONTROL_QUEUE_EXCLUSIVE = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
