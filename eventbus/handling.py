@@ -225,32 +225,15 @@ def send_handler_task(
         queue=handler.task_queue,
         routing_key=handler.task_queue,
         exchange=handler.task_queue,
-        argsrepr=_events_repr([raw_event]),
+        argsrepr=events_repr([raw_event]),
         headers=receipt_headers(received),
         **options,
     )
 
 
-def send_batch_task(
-    app: Any, subscriber: Subscriber, raw_events: list[dict[str, Any]], *, received: dict[str, float] | None = None
-) -> None:
-    """Send events of `subscriber` that are waiting together to its batch task; `received`: when the intake
-    received each (eventbus.receipts)."""
-    queue = subscriber.task_queue
-    app.send_task(
-        subscriber.batch_task,
-        args=[raw_events],
-        queue=queue,
-        routing_key=queue,
-        exchange=queue,
-        argsrepr=_events_repr(raw_events),
-        headers=receipt_headers(received),
-    )
-
-
-def _events_repr(raw_events: list[dict[str, Any]]) -> str:
-    # What Flower and the result backend show as the task's arguments: each event's type and id, not its
-    # whole body (Celery would otherwise format a shortened repr of every body, at some cost per task).
+def events_repr(raw_events: list[dict[str, Any]]) -> str:
+    """A task's arguments as Flower and the result backend show them: each event's type and id, not its whole
+    body (Celery would otherwise format a shortened repr of every body, at some cost per task)."""
     return "[" + ", ".join(f"{raw.get('type')} {raw.get('id')}" for raw in raw_events) + "]"
 
 

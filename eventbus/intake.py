@@ -1,15 +1,15 @@
-"""The intake: a worker consumer step that turns each event on a service's queue into handler tasks.
+"""The intake: a worker consumer step that turns each event on a service's queue into handler requests.
 
 For every event on a service's event queue it checks the envelope, the data against the contract
-and the publisher, then hands the event to Celery: an event that arrives alone becomes one task per
-subscribed handler, with a task id derived from (handler, event); events that arrive while the
-worker has a task in flight (EVENTBUS_INTAKE_TASKS_IN_FLIGHT), or while more are being read, go
-together, up to EVENTBUS_BATCH_MAX, to one `<service>.handle_batch` task (eventbus.handling.run_batch)
-once it is done. So an idle pipeline waits for nothing, and a busy one pays Celery's cost per task
-once per batch. An event is
-acknowledged only after the broker confirmed the task that carries it. What can never be handled
-goes to the dead-letter store at once; it is not retried. The same step files messages that
-RabbitMQ dead-lettered (delivery limit, rejection) from the service's `.dlq` queues.
+and the publisher, then hands the event to this worker's pool (eventbus.handoff): an event that arrives
+alone becomes one request per subscribed handler, with a task id derived from (handler, event); events
+that arrive while the worker has a task in flight (EVENTBUS_INTAKE_TASKS_IN_FLIGHT), or while more are
+being read, go together, up to EVENTBUS_BATCH_MAX, to one `<service>.handle_batch` request
+(eventbus.handling.run_batch) once it is done. So an idle pipeline waits for nothing, and a busy one pays
+Celery's cost per task once per batch. An event is acknowledged only when the requests made of it are done;
+should the worker die first, the broker delivers it again. What can never be handled goes to the
+dead-letter store at once; it is not retried. The same step files messages that RabbitMQ dead-lettered
+(delivery limit, rejection) from the service's `.dlq` queues.
 """
 
 from __future__ import annotations
@@ -22,17 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import bootsteps
+from celery.utils import uuid
 from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from kombu import Consumer
 from kombu.message import Message
 
-from eventbus import deadletters, tracing
+from eventbus import deadletters, handoff, tracing
 from eventbus.authenticity import event_forgery
 from eventbus.envelope import CloudEvent, PoisonMessage, parse
-from eventbus.handling import reconnect_database, send_batch_task, send_handler_task
+from eventbus.handling import events_repr, reconnect_database
 from eventbus.models import DeadLetter
+from eventbus.receipts import receipt_headers
 from eventbus.subscriptions import Handler, Subscriber, subscriber_for_task_queue
 from eventbus.topology import dead_letter_queue, subscriber_queue
 
@@ -72,6 +74,9 @@ class EventIntake(bootsteps.ConsumerStep):
     def get_consumers(self, channel) -> list[Consumer]:
         subscribers = consumed_subscribers(self.app)
         consumers = []
+        # A channel of their own: a prefetch count holds for the consumers that start on a channel after it is set,
+        # and the event queues' window must not be the dead-letter queues' (it holds the events of running requests).
+        dead_letter_channel = channel.connection.channel() if subscribers else None
         for subscriber in subscribers:
             consumers.append(
                 Consumer(
@@ -85,7 +90,13 @@ class EventIntake(bootsteps.ConsumerStep):
             )
             dlqs = [dead_letter_queue(subscriber.queue), dead_letter_queue(subscriber.task_queue)]
             consumers.append(
-                Consumer(channel, queues=dlqs, on_message=self.on_dead_letter, prefetch_count=16, auto_declare=False)
+                Consumer(
+                    dead_letter_channel,
+                    queues=dlqs,
+                    on_message=self.on_dead_letter,
+                    prefetch_count=16,
+                    auto_declare=False,
+                )
             )
         if subscribers:
             logger.info("event intake consuming %s", ", ".join(s.queue for s in subscribers))
@@ -180,26 +191,48 @@ class EventIntake(bootsteps.ConsumerStep):
             self.hand_over(subscriber)
 
     def hand_over(self, subscriber: Subscriber) -> None:
-        """Send the waiting events of `subscriber` to Celery, then acknowledge them; on failure they go back."""
+        """Make requests of this worker for the waiting events of `subscriber` (eventbus.handoff); each event's
+        message is acknowledged once its requests are done. Should that fail, the events go back to the queue."""
         waiting = self.waiting.pop(subscriber.service, [])
         if not waiting:
             return
+        delivery = handoff.Delivery(self.worker_consumer, [item.message for item in waiting])
+        received = receipt_headers({item.event.id: item.received_at for item in waiting})
         try:
             with tracing.dispatch_span([item.event for item in waiting], subscriber.queue):
                 if len(waiting) == 1:
-                    received = {waiting[0].event.id: waiting[0].received_at}
+                    raw = waiting[0].event.to_dict()
                     for handler in waiting[0].handlers:
-                        send_handler_task(self.app, handler, waiting[0].event.to_dict(), received=received)
+                        task_id = handler.task_id(raw["id"])
+                        self._start(delivery, handler.name, raw, [raw], handler.task_queue, task_id, received)
                 else:
-                    received = {item.event.id: item.received_at for item in waiting}
-                    events = [item.event.to_dict() for item in waiting]
-                    send_batch_task(self.app, subscriber, events, received=received)
+                    raws = [item.event.to_dict() for item in waiting]
+                    self._start(delivery, subscriber.batch_task, raws, raws, subscriber.task_queue, uuid(), received)
         except Exception:
-            logger.exception("could not dispatch %d event(s); they go back to %s", len(waiting), subscriber.queue)
-            self._requeue_later([item.message for item in waiting])
-            return
-        for item in waiting:
-            item.message.ack()
+            logger.exception("could not hand over %d event(s); they go back to %s", len(waiting), subscriber.queue)
+            time.sleep(1)  # as in _requeue_later: no hot redelivery loop
+            delivery.give_back()
+
+    def _start(
+        self,
+        delivery: handoff.Delivery,
+        task_name: str,
+        payload: Any,
+        events: list[dict[str, Any]],
+        queue: str,
+        task_id: str,
+        headers: dict[str, Any],
+    ) -> None:
+        handoff.start_request(
+            self.worker_consumer,
+            delivery,
+            task_name,
+            [payload],
+            queue=queue,
+            task_id=task_id,
+            argsrepr=events_repr(events),
+            headers=headers,
+        )
 
     def _dead_letter(self, subscriber: Subscriber, message: Message, reason: str, error: str) -> None:
         logger.warning("dead-lettering a message from %s: %s", subscriber.queue, error)

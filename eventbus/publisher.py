@@ -59,6 +59,12 @@ class ConfirmingPublisher:
     def publish_batch(self, messages: Iterable[Outgoing]) -> dict[str, str]:
         """Publish every message persistently and mandatory (unroutable ones come back), wait for
         the broker's confirms, and return the refused messages as {message_id: reason}."""
+        self.send(messages)
+        return self.wait()
+
+    def send(self, messages: Iterable[Outgoing]) -> None:
+        """Publish a batch without waiting: wait() then collects its confirms. Publishers on different connections
+        can each send before any waits, so that the broker writes their batches at once."""
         messages = list(messages)
         self._unconfirmed.clear()
         self._refused = {}
@@ -86,13 +92,22 @@ class ConfirmingPublisher:
                 )
                 self._unconfirmed[self._next_tag] = message.message_id
                 self._next_tag += 1
+        except ChannelError as error:
+            self._channel_closed(error)
+
+    def wait(self) -> dict[str, str]:
+        """Wait for the confirms of the batch sent last; return its refused messages as {message_id: reason}."""
+        try:
             self._wait_for_confirms()
         except ChannelError as error:
-            # The broker closed the channel: what it had not confirmed may or may not have arrived.
-            self._drop_channel()
-            self._exchanges.clear()  # perhaps one was deleted: the next batch checks them again
-            self._refuse_unconfirmed(f"channel closed by the broker: {error}")
+            self._channel_closed(error)
         return self._refused
+
+    def _channel_closed(self, error: ChannelError) -> None:
+        # The broker closed the channel: what it had not confirmed may or may not have arrived.
+        self._drop_channel()
+        self._exchanges.clear()  # perhaps one was deleted: the next batch checks them again
+        self._refuse_unconfirmed(f"channel closed by the broker: {error}")
 
     def _missing_exchanges(self, names: set[str]) -> set[str]:
         missing = set()

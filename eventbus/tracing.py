@@ -89,11 +89,8 @@ def checked(traceparent: object, tracestate: object, *, what: str) -> dict[str, 
 def carried(cause: CloudEvent | None) -> dict[str, str]:
     """The trace context of an event about to be written (new_event's keyword arguments): the current span's
     when tracing, else that of `cause`, the event being handled, else that of the API request being served."""
-    if _tracer is not None:
-        carrier: dict[str, str] = {}
-        _propagator.inject(carrier)  # nothing when no span is current
-        if carrier:
-            return carrier
+    if carrier := injected():  # nothing when not tracing, or no span is current
+        return carrier
     if cause is not None:
         return {"traceparent": cause.traceparent, "tracestate": cause.tracestate}
     return _request_context.get() or {}
@@ -163,9 +160,9 @@ def published(rows: Iterable[OutboxMessage], *, started: int, refused: dict[str,
 
 
 def dispatch_span(events: list[CloudEvent], queue: str) -> AbstractContextManager[Any]:
-    """The span of the intake handing `events` from `queue` to Celery, current while it sends their task (the
-    Celery instrumentation makes the task its child). A lone event's is a child of the event's trace context;
-    a batch's starts a trace of its own, linked to each event's."""
+    """The span of the intake handing `events` from `queue` to Celery, current while it makes their requests
+    (whose headers carry it: the Celery instrumentation makes the task its child). A lone event's is a child of
+    the event's trace context; a batch's starts a trace of its own, linked to each event's."""
     if _tracer is None:
         return _no_span
     attributes: dict[str, Any] = {"messaging.system": "rabbitmq", "messaging.operation.type": "receive",
@@ -186,6 +183,14 @@ def dispatch_span(events: list[CloudEvent], queue: str) -> AbstractContextManage
         links=links,
         attributes={**attributes, "messaging.batch.message_count": len(events)},
     )
+
+
+def injected() -> dict[str, str]:
+    """The current span's trace context as message headers (`traceparent`, `tracestate`); none when not tracing."""
+    carrier: dict[str, str] = {}
+    if _tracer is not None:
+        _propagator.inject(carrier)
+    return carrier
 
 
 def handler_span(handler: str, event: CloudEvent) -> AbstractContextManager[Any]:

@@ -10,7 +10,7 @@ import pytest
 from celery import current_app
 from celery.worker import state as worker_state
 
-from eventbus import intake
+from eventbus import handoff, intake
 from eventbus.envelope import CONTENT_TYPE, new_event
 from eventbus.tests import stand_ins
 from tests import factories
@@ -39,19 +39,27 @@ class Message:
         self.body, self.content_type = event.to_json(), CONTENT_TYPE
         self.properties, self.headers, self.acked = {"user_id": "orders"}, {}, False
 
-    def ack(self) -> None:
+    def ack_log_error(self, log, errors) -> None:
         self.acked = True
 
 
 @pytest.fixture
 def step(monkeypatch):
-    sent = []
-    monkeypatch.setattr(intake, "send_handler_task", lambda app, handler, raw, **_: sent.append([raw["id"]]))
-    monkeypatch.setattr(intake, "send_batch_task", lambda app, s, raws, **_: sent.append([raw["id"] for raw in raws]))
+    sent, deliveries = [], []
+
+    def start_request(consumer, delivery, task_name, args, **_):
+        delivery.pending += 1
+        deliveries.append(delivery)
+        sent.append([raw["id"] for raw in (args[0] if isinstance(args[0], list) else args)])
+
+    monkeypatch.setattr(handoff, "start_request", start_request)
     monkeypatch.setattr(worker_state, "reserved_requests", set())
-    worker = SimpleNamespace(app=current_app, hub=Hub(), pool=SimpleNamespace(num_processes=2))
+    worker = SimpleNamespace(
+        app=current_app, hub=Hub(), pool=SimpleNamespace(num_processes=2), call_soon_ack=lambda f, *a, **k: f(*a, **k)
+    )
     intake_step = intake.EventIntake(worker)
     intake_step.sent = sent
+    intake_step.finish = lambda: [delivery.on_ack(None, ()) for delivery in deliveries]
     return intake_step
 
 
@@ -71,9 +79,11 @@ def ids(messages) -> list[str]:
     return [json.loads(message.body)["id"] for message in messages]
 
 
-def test_a_lone_event_goes_at_once_when_a_process_is_free(step):
+def test_a_lone_event_goes_at_once_when_a_process_is_free_and_is_acknowledged_when_done(step):
     [message] = arrive(step, 1)
-    assert step.sent == [ids([message])] and message.acked
+    assert step.sent == [ids([message])] and not message.acked, "unacknowledged while its request runs"
+    step.finish()
+    assert message.acked
 
 
 def test_events_arriving_while_the_pool_is_busy_go_together_once_a_process_is_free(step):
@@ -87,6 +97,7 @@ def test_events_arriving_while_the_pool_is_busy_go_together_once_a_process_is_fr
     step.worker_consumer.hub.fire()
 
     assert step.sent == [ids(messages)], "one batch, in arrival order"
+    step.finish()
     assert all(m.acked for m in messages)
 
 
@@ -102,7 +113,7 @@ def test_events_wait_for_a_busy_pool_no_longer_than_the_bound(step, settings):
     busy(2)
     messages = arrive(step, 2)
     step.worker_consumer.hub.fire()
-    assert step.sent == [ids(messages)], "handed over while the pool is still busy: they wait in the task queue"
+    assert step.sent == [ids(messages)], "handed over while the pool is still busy: they wait in the pool's queue"
 
 
 def test_with_one_task_in_flight_allowed_events_wait_while_any_task_runs(step, settings):

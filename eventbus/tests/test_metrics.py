@@ -135,8 +135,10 @@ def test_a_dead_letter_rolled_back_with_its_transaction_is_not_counted(
 class ConfirmingPublisher:
     """Stands in for a producer's publisher: the broker confirms every message."""
 
-    def publish_batch(self, outgoing) -> dict[str, str]:
+    def send(self, outgoing) -> None:
         list(outgoing)
+
+    def wait(self) -> dict[str, str]:
         return {}
 
 

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from eventbus.errors import TransientError
-from eventbus.handling import run_batch, run_handler, send_batch_task, send_handler_task
+from eventbus.handling import run_batch, run_handler, send_handler_task
 from eventbus.models import InboxMessage
 from eventbus.receipts import RECEIVED_HEADER, received_times
 from eventbus.subscriptions import handler_by_name
-from eventbus.tests.stand_ins import FakeTask, inventory, inventory_with, reserve_stock_doing
+from eventbus.tests.stand_ins import FakeTask, inventory_with, reserve_stock_doing
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -62,16 +62,15 @@ def test_a_batch_stores_each_events_receipt_and_passes_it_on_with_an_event_that_
     assert alone["args"] == [flaky] and alone["headers"] == {RECEIVED_HEADER: {flaky["id"]: receipts[flaky["id"]]}}
 
 
-def test_the_intakes_receipts_go_in_the_headers_of_the_tasks_it_sends():
+def test_receipts_go_in_the_headers_of_a_handler_task_sent_on():
     raw = factories.order_placed_event(("P001", 1))
     task = FakeTask(task_id="intake")  # its app records what is sent
 
     send_handler_task(task.app, handler_by_name("inventory.reserve_stock"), raw, received={raw["id"]: 1.5})
-    send_batch_task(task.app, inventory(), [raw], received={raw["id"]: 2.5})
     send_handler_task(task.app, handler_by_name("inventory.reserve_stock"), raw)
 
     assert [sent["headers"] for sent in task.sent] == [
-        {RECEIVED_HEADER: {raw["id"]: 1.5}}, {RECEIVED_HEADER: {raw["id"]: 2.5}}, {},
+        {RECEIVED_HEADER: {raw["id"]: 1.5}}, {},
     ]  # fmt: skip
 
 

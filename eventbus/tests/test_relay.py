@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -38,7 +39,7 @@ from eventbus.outbox_claims import (
     outbox_shares,
     outbox_unblock,
 )
-from eventbus.relay import Relay, sweep
+from eventbus.relay import Relay, publish_rows, sweep
 from eventbus.tasks import sweep_outbox
 from tests.factories import outbox_rows
 from tests.harness import wait_for
@@ -343,6 +344,32 @@ def test_each_event_leaves_as_its_producers_broker_user(route):
         **dict.fromkeys(event_ids(reserved), "inventory"),
         **dict.fromkeys(event_ids(authorized), "payments"),
     }
+
+
+def test_every_producers_rows_are_sent_before_any_confirm_is_awaited():
+    # Given a batch with rows of two producers
+    rows = outbox_rows("ok.1") + outbox_rows("ok.2", event_type="inventory.StockReserved.v1")
+    calls: list[str] = []
+
+    class Publisher:
+        def __init__(self, user: str) -> None:
+            self.user = user
+
+        def send(self, outgoing) -> None:
+            calls.append(f"send {self.user} {len(list(outgoing))}")
+
+        def wait(self) -> dict[str, str]:
+            calls.append(f"wait {self.user}")
+            return {}
+
+    publishers = SimpleNamespace(get=Publisher)
+
+    # When a relay publishes it
+    outcome = publish_rows(publishers, rows, claimer="relay-1")
+
+    # Then both went out before it waited for either producer's confirms
+    assert calls == ["send orders 1", "send inventory 1", "wait orders", "wait inventory"]
+    assert sorted(outcome.confirmed) == ids(rows)
 
 
 @pytest.mark.integration
