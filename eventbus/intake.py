@@ -236,20 +236,27 @@ class EventIntake(bootsteps.ConsumerStep):
 
     def _dead_letter(self, subscriber: Subscriber, message: Message, reason: str, error: str) -> None:
         logger.warning("dead-lettering a message from %s: %s", subscriber.queue, error)
+        letter = {
+            "reason": reason,
+            "queue": subscriber.queue,
+            "body": message.body,
+            "content_type": message.content_type or "",
+            "headers": dict(message.headers or {}),
+            "error": error,
+        }
         try:
-            deadletters.store(
-                reason=reason,
-                queue=subscriber.queue,
-                body=message.body,
-                content_type=message.content_type or "",
-                headers=dict(message.headers or {}),
-                error=error,
-            )
+            deadletters.store(**letter)
         except DatabaseError:
-            logger.exception("cannot store the dead letter; the broker's dead-letter queue takes it")
+            # Once more on a fresh connection: this one may be dead, or (SQLite) read-only for good because it
+            # was opened while the file could not be written, though the database takes writes again.
             reconnect_database()
-            message.reject(requeue=False)
-            return
+            try:
+                deadletters.store(**letter)
+            except DatabaseError:
+                logger.exception("cannot store the dead letter; the broker's dead-letter queue takes it")
+                reconnect_database()
+                message.reject(requeue=False)
+                return
         message.ack()
 
     def on_dead_letter(self, message: Message) -> None:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from celery import current_app
 from celery.worker import state as worker_state
+from django.db import OperationalError
 
 from eventbus import handoff, intake
 from eventbus.envelope import CONTENT_TYPE, new_event
@@ -39,8 +40,11 @@ class Message:
         self.body, self.content_type = event.to_json(), CONTENT_TYPE
         self.properties, self.headers, self.acked = {"user_id": "orders"}, {}, False
 
-    def ack_log_error(self, log, errors) -> None:
+    def ack(self) -> None:
         self.acked = True
+
+    def ack_log_error(self, log, errors) -> None:
+        self.ack()
 
 
 @pytest.fixture
@@ -124,3 +128,29 @@ def test_with_one_task_in_flight_allowed_events_wait_while_any_task_runs(step, s
     worker_state.reserved_requests.clear()
     step.worker_consumer.hub.fire()
     assert step.sent == [ids(messages)]
+
+
+@pytest.mark.parametrize(("failures", "outcome"), [(1, "acked"), (2, "rejected")])
+def test_poison_is_filed_on_a_fresh_connection_when_the_first_store_fails(step, monkeypatch, failures, outcome):
+    # A connection opened while SQLite could not be written stays read-only after the file is writable again.
+    stored = []
+
+    def store(**letter):
+        if len(stored) < failures:
+            stored.append(None)
+            raise OperationalError("attempt to write a readonly database")
+        stored.append(letter["reason"])
+
+    monkeypatch.setattr(intake.deadletters, "store", store)
+    message = Message(new_event(factories.order_placed()))
+    message.body = b"{not json"
+    message.rejected = False
+    message.reject = lambda requeue: setattr(message, "rejected", not requeue)
+
+    step.on_event(stand_ins.inventory(), message)
+
+    assert {"acked": message.acked, "rejected": message.rejected} == {
+        "acked": outcome == "acked",
+        "rejected": outcome == "rejected",
+    }, "filed on the second try, else left to the broker's dead-letter queue"
+    assert stored[-1] == ("poison" if outcome == "acked" else None)
