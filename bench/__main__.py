@@ -67,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-port", type=int, default=6510)
     parser.add_argument("--postgres-port", type=int, default=5832)
     parser.add_argument("--otlp-port", type=int, default=4810, help="the tracing phase's OTLP sink")
+    parser.add_argument(
+        "--trace-sample-ratio", type=float, default=0.1,
+        help="also trace with this share of traces sampled, as production would (default 0.1; 0: skip)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -163,6 +167,11 @@ def run(stack: BenchStack, args: argparse.Namespace, result: dict[str, Any]) -> 
         result["tracing"] = tracing_phase(stack, mix, args)
         on, off = result["tracing"]["cpu_ms_per_order"], result["saturation"]["cpu_ms_per_order"]
         say(f"bench: tracing on {on:.1f} ms CPU per order, off {off:.1f}: {on / off - 1:+.1%}")
+        if args.trace_sample_ratio:
+            say(f"bench: the pipeline again, traces sampled at {args.trace_sample_ratio:g} (parent-based)")
+            result["tracing_sampled"] = tracing_phase(stack, mix, args, ratio=args.trace_sample_ratio)
+            on = result["tracing_sampled"]["cpu_ms_per_order"]
+            say(f"bench: sampled tracing {on:.1f} ms CPU per order, off {off:.1f}: {on / off - 1:+.1%}")
 
     if "plain" not in args.skip:
         say(f"bench: the plain Celery saga, a worker x 2 on each of {', '.join(PLAIN_QUEUES)}")
@@ -174,12 +183,15 @@ def run(stack: BenchStack, args: argparse.Namespace, result: dict[str, Any]) -> 
         result["bare_celery"] = baselines.bare_celery(stack, tasks=args.noop_tasks, workers=workers, concurrency=2)
 
 
-def tracing_phase(stack: BenchStack, mix: Any, args: argparse.Namespace) -> dict[str, Any]:
+def tracing_phase(stack: BenchStack, mix: Any, args: argparse.Namespace, *, ratio: float = 1.0) -> dict[str, Any]:
     """Warm-up and saturation as before, with OTEL_TRACES_EXPORTER=otlp in every pipeline process, exporting to
-    a sink that discards what it gets; the sink's own CPU is left out of the CPU per order."""
+    a sink that discards what it gets; the sink's own CPU is left out of the CPU per order. Every trace is sampled,
+    or (`ratio` below 1) that share of them, as OpenTelemetry's parent-based trace-id ratio sampler decides."""
     sink = stack.start_otlp_sink(args.otlp_port)
-    endpoint = f"http://127.0.0.1:{args.otlp_port}"
-    stack.start_pipeline(env={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{args.otlp_port}"}
+    if ratio < 1:
+        env |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": f"{ratio:g}"}
+    stack.start_pipeline(env=env)
     try:
         saturation, _, _, cpu = measured_saturation(stack, mix, args, leave_out=(sink,))
     finally:
@@ -188,6 +200,7 @@ def tracing_phase(stack: BenchStack, mix: Any, args: argparse.Namespace) -> dict
     sink_summary = json.loads(stack.log_tail(sink, 1))
     saturation["spans_per_order"] = round(sink_summary["spans"] / (args.orders + args.warmup_orders), 1)
     saturation["sink"] = sink_summary
+    saturation["sample_ratio"] = ratio
     return saturation
 
 

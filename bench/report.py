@@ -17,10 +17,11 @@ TARGETS = {
     "p99_ms_at_50pct": ("<=", 250.0),
     "worker_memory_growth": ("<=", 0.10),
     "tracing_cpu_overhead": ("<=", 0.10),
+    "tracing_cpu_overhead_sampled": ("<=", 0.10),
 }
 
 
-PERCENTAGES = {"worker_memory_growth", "tracing_cpu_overhead"}
+PERCENTAGES = {"worker_memory_growth", "tracing_cpu_overhead", "tracing_cpu_overhead_sampled"}
 
 
 def ratios(result: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +44,8 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
         out["p99_ms_at_50pct"] = half["latency"]["p99_ms"]
     if saturation and (traced := result.get("tracing")):
         out["tracing_cpu_overhead"] = traced["cpu_ms_per_order"] / saturation["cpu_ms_per_order"] - 1
+    if saturation and (sampled := result.get("tracing_sampled")):
+        out["tracing_cpu_overhead_sampled"] = sampled["cpu_ms_per_order"] / saturation["cpu_ms_per_order"] - 1
     growth = result.get("memory", {}).get("growth") or result.get("worker_memory_growth")
     if growth:
         out["worker_memory_growth"] = max(abs(value) for value in growth.values())
@@ -114,12 +117,16 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  {'  CPU per order, all processes (ms)':<50}{plain['cpu_ms_per_order']:>14.1f}")
         per_order = ", ".join(f"{name} {1000 * cpu / plain['orders']:.1f}" for name, cpu in plain["cpu_s"].items())
         lines.append(f"    ms/order: {per_order}")
-    if traced := result.get("tracing"):
-        label = f"pipeline, tracing on (OTLP to a sink; {_n(traced['orders'])} orders)"
-        lines.append(f"  {label:<50}{_n(traced['orders_per_s'], 1):>14} orders/s")
-        lines.append(f"  {'  CPU per order, all processes but the sink (ms)':<50}{traced['cpu_ms_per_order']:>14.1f}")
-        if "spans_per_order" in traced:
-            lines.append(f"  {'  spans exported per order':<50}{traced['spans_per_order']:>14.1f}")
+    for key in ("tracing", "tracing_sampled"):
+        if traced := result.get(key):
+            ratio = traced.get("sample_ratio", 1.0)
+            what = "all traces" if ratio >= 1 else f"{ratio:g} of traces"
+            label = f"pipeline, traced: {what} ({_n(traced['orders'])} orders)"
+            lines.append(f"  {label:<50}{_n(traced['orders_per_s'], 1):>14} orders/s")
+            cpu = traced["cpu_ms_per_order"]
+            lines.append(f"  {'  CPU per order, all processes but the sink (ms)':<50}{cpu:>14.1f}")
+            if "spans_per_order" in traced:
+                lines.append(f"  {'  spans exported per order':<50}{traced['spans_per_order']:>14.1f}")
     if result.get("latency"):
         lines.append("")
         header = f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'n':>7}{'lost':>6}"
@@ -170,6 +177,7 @@ def table(result: dict[str, Any]) -> str:
         "p99_ms_at_50pct": "p99 at 50% of saturation (ms)",
         "worker_memory_growth": "worker RSS growth (largest)",
         "tracing_cpu_overhead": "CPU per order, tracing on vs off",
+        "tracing_cpu_overhead_sampled": "the same, a share of traces sampled",
     }
     for name, row in result.get("ratios", {}).items():
         value = f"{row['value']:.1%}" if name in PERCENTAGES else f"{row['value']:.3g}"
