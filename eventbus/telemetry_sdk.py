@@ -95,9 +95,15 @@ class ExportPipeline(SpanProcessor):
         return all(processor.force_flush(timeout_millis) for processor in self.processors)
 
 
+# Statements of a transaction's bookkeeping: each handler's work runs in a savepoint (a batch's one per event).
+# A span for each would be a fifth of an order's spans and say nothing of its work.
+BOOKKEEPING = frozenset({"SAVEPOINT", "RELEASE"})  # psycopg names a span by its first word
+
+
 class WithoutOrphanCalls(Sampler):
     """A sampler, except that a database query or Redis command outside any request, task or event starts no
-    trace: the relay's and beat's polling would fill the tracing backend with one-span traces."""
+    trace: the relay's and beat's polling would fill the tracing backend with one-span traces. Nor do a
+    transaction's savepoint statements get a span (BOOKKEEPING)."""
 
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
@@ -112,7 +118,9 @@ class WithoutOrphanCalls(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: trace.TraceState | None = None,
     ) -> SamplingResult:
-        if kind is SpanKind.CLIENT and not get_current_span(parent_context).get_span_context().is_valid:
+        if kind is SpanKind.CLIENT and (
+            name in BOOKKEEPING or not get_current_span(parent_context).get_span_context().is_valid
+        ):
             return SamplingResult(Decision.DROP)
         return self.sampler.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 

@@ -260,6 +260,14 @@ def test_a_query_outside_any_span_starts_no_trace_but_anything_else_is_sampled_a
     assert sampler.should_sample(None, 1, "run/task", SpanKind.CONSUMER).decision is Decision.RECORD_AND_SAMPLE
 
 
+@pytest.mark.parametrize("statement", ["SAVEPOINT", "RELEASE"])
+def test_a_savepoint_statement_gets_no_span_even_inside_a_trace(statement):
+    sampler = WithoutOrphanCalls(ALWAYS_ON)
+    in_a_span = trace.set_span_in_context(trace.NonRecordingSpan(tracing._span_context(placed(traceparent=CALLER))))
+    assert sampler.should_sample(in_a_span, 1, statement, SpanKind.CLIENT).decision is Decision.DROP
+    assert sampler.should_sample(in_a_span, 1, "UPDATE", SpanKind.CLIENT).decision is Decision.RECORD_AND_SAMPLE
+
+
 # --- set-up, in a process of its own (the test process's global tracer provider is left alone)
 
 PROBE = """
