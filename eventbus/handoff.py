@@ -26,8 +26,6 @@ from kombu.serialization import dumps
 from eventbus import tracing
 from eventbus.identities import url_user
 
-logger = logging.getLogger(__name__)
-
 
 @dataclass
 class Delivery:
