@@ -203,36 +203,21 @@ class EventIntake(bootsteps.ConsumerStep):
                 if len(waiting) == 1:
                     raw = waiting[0].event.to_dict()
                     for handler in waiting[0].handlers:
-                        task_id = handler.task_id(raw["id"])
-                        self._start(delivery, handler.name, raw, [raw], handler.task_queue, task_id, received)
+                        handoff.start_request(
+                            self.worker_consumer, delivery, handler.name, [raw],
+                            queue=handler.task_queue, task_id=handler.task_id(raw["id"]),
+                            argsrepr=events_repr([raw]), headers=received,
+                        )  # fmt: skip
                 else:
                     raws = [item.event.to_dict() for item in waiting]
-                    self._start(delivery, subscriber.batch_task, raws, raws, subscriber.task_queue, uuid(), received)
+                    handoff.start_request(
+                        self.worker_consumer, delivery, subscriber.batch_task, [raws],
+                        queue=subscriber.task_queue, task_id=uuid(), argsrepr=events_repr(raws), headers=received,
+                    )  # fmt: skip
         except Exception:
             logger.exception("could not hand over %d event(s); they go back to %s", len(waiting), subscriber.queue)
             time.sleep(1)  # as in _requeue_later: no hot redelivery loop
             delivery.give_back()
-
-    def _start(
-        self,
-        delivery: handoff.Delivery,
-        task_name: str,
-        payload: Any,
-        events: list[dict[str, Any]],
-        queue: str,
-        task_id: str,
-        headers: dict[str, Any],
-    ) -> None:
-        handoff.start_request(
-            self.worker_consumer,
-            delivery,
-            task_name,
-            [payload],
-            queue=queue,
-            task_id=task_id,
-            argsrepr=events_repr(events),
-            headers=headers,
-        )
 
     def _dead_letter(self, subscriber: Subscriber, message: Message, reason: str, error: str) -> None:
         logger.warning("dead-lettering a message from %s: %s", subscriber.queue, error)
