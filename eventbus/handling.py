@@ -3,10 +3,11 @@
 The handler's effect, the events it publishes and its inbox row commit in one transaction, so a
 duplicate delivery finds the inbox row and does nothing. Each handler is a Celery task of its own,
 `<service>.<function>`, which handles one event; events that were waiting together go to one
-`<service>.handle_batch` task instead (eventbus.intake forms them), where each (handler, event) runs
-in a savepoint of its own: one that fails takes back only its own work and is retried alone, as
-its handler's task. A task that did not succeed leaves its process to reconnect to the database,
-so a worker outlives a database outage by itself.
+`<service>.handle_batch` task instead (eventbus.intake forms them). A batch is first tried in one
+transaction as a whole; should any handler raise, that is rolled back and the batch runs again with
+each (handler, event) in a savepoint of its own: one that fails takes back only its own work and is
+retried alone, as its handler's task. A task that did not succeed leaves its process to reconnect to
+the database, so a worker outlives a database outage by itself.
 """
 
 from __future__ import annotations
@@ -138,9 +139,11 @@ def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[s
     task_id, received = task.request.id or "", received_times(task.request)
     retries: list[tuple[Handler, dict[str, Any]]] = []
     try:
-        with transaction.atomic():
-            _one_batch_at_a_time(subscriber)
-            handled = [_batch_event(subscriber, raw, task_id, received, retries) for raw in raw_events]
+        handled = _without_savepoints(subscriber, raw_events, task_id, received)
+        if handled is None:
+            with transaction.atomic():
+                _one_batch_at_a_time(subscriber)
+                handled = [_batch_event(subscriber, raw, task_id, received, retries) for raw in raw_events]
     except Exception as error:
         logger.warning("%s: %s; its %d events go on one by one", subscriber.batch_task, error, len(raw_events))
         pairs = [(h, raw) for raw in raw_events for h in subscriber.handlers_for(str(raw.get("type", "")))]
@@ -150,13 +153,36 @@ def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[s
     return {"events": handled}
 
 
+class _NeedsSavepoints(Exception):
+    """A handler of a batch tried without savepoints raised: the batch runs again with them."""
+
+
+def _without_savepoints(
+    subscriber: Subscriber, raw_events: list[dict[str, Any]], task_id: str, received: dict[str, float]
+) -> list[dict[str, Any]] | None:
+    """Handle the batch in one transaction without a savepoint per (handler, event): almost every batch succeeds
+    whole, and a savepoint costs two statements each. Should any handler raise, the whole transaction is rolled
+    back and None returned: the caller runs the batch again with savepoints. Its handler runs are counted only
+    once it commits."""
+    try:
+        with metrics.handler_runs_held() as held, transaction.atomic():
+            _one_batch_at_a_time(subscriber)
+            handled = [_batch_event(subscriber, raw, task_id, received, None) for raw in raw_events]
+    except _NeedsSavepoints as error:
+        logger.info("%s: %s; the batch runs again, each event in a savepoint", subscriber.batch_task, error)
+        return None
+    held.observe()
+    return handled
+
+
 def _batch_event(
     subscriber: Subscriber,
     raw: dict[str, Any],
     task_id: str,
     received: dict[str, float],
-    retries: list[tuple[Handler, dict[str, Any]]],
+    retries: list[tuple[Handler, dict[str, Any]]] | None,
 ) -> dict[str, Any]:
+    """One event of a batch, with each of its handlers; `retries` None: without savepoints (_without_savepoints)."""
     try:
         event = from_dict(raw)
     except PoisonMessage as error:  # the intake checked it: a batch written by hand
@@ -164,8 +190,25 @@ def _batch_event(
         return {"id": str(raw.get("id", "")), "poison": str(error)}
     outcomes = {}
     for handler in subscriber.handlers_for(event.type):
-        outcomes[handler.name] = _batch_apply(handler, event, raw, task_id, received_at(received, event.id), retries)
+        delivered = received_at(received, event.id)
+        if retries is None:
+            outcomes[handler.name] = _batch_apply_whole(handler, event, task_id, delivered)
+        else:
+            outcomes[handler.name] = _batch_apply(handler, event, raw, task_id, delivered, retries)
     return {"id": event.id, "type": event.type, "handlers": outcomes}
+
+
+@metrics.observe_handler_runs
+def _batch_apply_whole(handler: Handler, event: CloudEvent, task_id: str, delivered: datetime | None) -> str:
+    try:
+        _refuse_expired(handler, event)
+        return apply_once(handler, event, task_id, delivered_at=delivered, savepoint=False)
+    except DATABASE_UNAVAILABLE as error:
+        if not _lost_a_lock_race(error):
+            raise  # not this event's fault: the whole batch goes on one by one
+        raise _NeedsSavepoints(f"{handler.name} lost a lock race at {event.type} {event.id}") from error
+    except Exception as error:
+        raise _NeedsSavepoints(f"{handler.name} raised {type(error).__name__} at {event.type} {event.id}") from error
 
 
 @metrics.observe_handler_runs
@@ -238,15 +281,23 @@ def events_repr(raw_events: list[dict[str, Any]]) -> str:
 
 
 def apply_once(
-    handler: Handler, event: CloudEvent, task_id: str = "", *, attempt: int = 1, delivered_at: datetime | None = None
+    handler: Handler,
+    event: CloudEvent,
+    task_id: str = "",
+    *,
+    attempt: int = 1,
+    delivered_at: datetime | None = None,
+    savepoint: bool = True,
 ) -> str:
     """Apply `handler` to `event` unless it already was: `done`, or `duplicate` when its inbox row exists.
     The handler's effect, the events it publishes and the inbox row commit together (inside a caller's
-    transaction, as a savepoint). What a worker runs, without the broker: tests call it to deliver by hand."""
+    transaction, as a savepoint; with `savepoint` False, as part of the caller's, which any error then
+    spoils: a duplicate raises IntegrityError). What a worker runs, without the broker: tests call it to
+    deliver by hand."""
     data = event.payload(handler.contract)
     token, attempt_token = current_event.set(event), _attempt.set(attempt)
     try:
-        with tracing.handler_span(handler.name, event), handler_transaction():
+        with tracing.handler_span(handler.name, event), handler_transaction(savepoint=savepoint):
             # Inserted first: a concurrent duplicate waits on this row's unique key, then fails.
             InboxMessage.objects.create(
                 handler=handler.name,
@@ -258,7 +309,7 @@ def apply_once(
             )
             handler.function(data, event)
     except IntegrityError:
-        if _handled(handler, event):
+        if savepoint and _handled(handler, event):
             logger.info("%s: %s %s already handled, skipping duplicate", handler.name, event.type, event.id)
             return "duplicate"
         raise

@@ -16,9 +16,10 @@ import glob
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -131,13 +132,47 @@ def observe_handler_runs(function: Function) -> Function:
         finally:
             _run.reset(token)
             running.dec()
-            HANDLER_SECONDS.labels(handler, outcome).observe(time.perf_counter() - started)
-            if outcome == "retrying":
-                RETRIES.labels(handler).inc()
-            elif outcome == "duplicate":
-                DUPLICATES.labels(handler).inc()
+            seconds = time.perf_counter() - started
+            if (held := _held.get()) is not None:
+                held.runs.append((handler, outcome, seconds))
+            else:
+                _observe(handler, outcome, seconds)
 
     return observed  # type: ignore[return-value]
+
+
+def _observe(handler: str, outcome: str, seconds: float) -> None:
+    HANDLER_SECONDS.labels(handler, outcome).observe(seconds)
+    if outcome == "retrying":
+        RETRIES.labels(handler).inc()
+    elif outcome == "duplicate":
+        DUPLICATES.labels(handler).inc()
+
+
+@dataclass
+class HeldRuns:
+    """Handler runs observed but not counted yet: (handler, outcome, seconds) each."""
+
+    runs: list[tuple[str, str, float]] = field(default_factory=list)
+
+    def observe(self) -> None:
+        for run in self.runs:
+            _observe(*run)
+
+
+_held: ContextVar[HeldRuns | None] = ContextVar("held_handler_runs", default=None)
+
+
+@contextmanager
+def handler_runs_held() -> Iterator[HeldRuns]:
+    """Hold back the handler runs observed inside the block: the caller counts them (`.observe()`) once they
+    turn out to have happened. A batch tried without savepoints takes back every run when one fails."""
+    held = HeldRuns()
+    token = _held.set(held)
+    try:
+        yield held
+    finally:
+        _held.reset(token)
 
 
 def dead_letter_stored(*, reason: str, queue: str) -> None:

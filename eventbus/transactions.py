@@ -27,9 +27,10 @@ _handler_depth: ContextVar[int | None] = ContextVar("handler_transaction_depth",
 
 
 @contextmanager
-def handler_transaction() -> Iterator[None]:
-    """The transaction (a savepoint, inside a batch's) a handler's inbox row and effects commit in."""
-    with transaction.atomic():
+def handler_transaction(*, savepoint: bool = True) -> Iterator[None]:
+    """The transaction (a savepoint, inside a batch's) a handler's inbox row and effects commit in; without
+    `savepoint`, inside a caller's transaction, part of it."""
+    with transaction.atomic(savepoint=savepoint):
         token = _handler_depth.set(len(transaction.get_connection().atomic_blocks))
         try:
             yield

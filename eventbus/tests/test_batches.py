@@ -1,10 +1,11 @@
-"""Handling events that waited together in one batch task, called directly (no worker): each (handler, event)
-in its own savepoint, one failure not failing its neighbours."""
+"""Handling events that waited together in one batch task, called directly (no worker): the batch whole when
+no handler fails, else each (handler, event) in its own savepoint, one failure not failing its neighbours."""
 
 from __future__ import annotations
 
 import pytest
-from django.db import OperationalError
+from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 
 from eventbus.errors import PermanentError, TransientError
 from eventbus.handling import run_batch
@@ -30,6 +31,19 @@ def test_a_batch_applies_each_event_once_with_its_own_inbox_row():
     assert sorted(str(r.event_id) for r in rows) == sorted([first["id"], second["id"]])
     assert {r.task_id for r in rows} == {"batch-1"}, "the inbox names the batch that handled each event"
     assert OutboxMessage.objects.filter(event_type="inventory.StockReserved.v1").count() == 2
+
+
+def test_a_batch_in_which_no_handler_fails_takes_no_savepoint_per_event():
+    factories.product("P001", stock=10)
+    events = [factories.order_placed_event(("P001", 1)) for _ in range(3)]
+
+    with CaptureQueriesContext(connection) as queries:
+        result = run_batch(FakeTask(task_id="batch-1"), inventory(), events)
+
+    assert [event["handlers"]["inventory.reserve_stock"] for event in result["events"]] == ["done"] * 3
+    savepoints = [query["sql"] for query in queries if query["sql"].startswith("SAVEPOINT")]
+    assert len(savepoints) == 1, "only the batch's own transaction (a savepoint in the test's)"
+    assert InboxMessage.objects.filter(handler="inventory.reserve_stock").count() == 3
 
 
 def test_in_a_batch_a_failing_event_takes_back_only_its_own_work():
