@@ -18,6 +18,9 @@ import logging
 import random
 import time
 import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +39,7 @@ from django.db import (
     connections,
     transaction,
 )
+from django.utils import timezone
 from pydantic import ValidationError
 
 from eventbus import deadletters, metrics, tracing
@@ -44,7 +48,7 @@ from eventbus.contracts import UnknownEventType
 from eventbus.envelope import CloudEvent, PoisonMessage, from_dict
 from eventbus.errors import EventExpired, PermanentError, TransientError
 from eventbus.models import DeadLetter, InboxMessage
-from eventbus.outbox import HopLimitExceeded, current_event
+from eventbus.outbox import HopLimitExceeded, current_event, written_together
 from eventbus.receipts import receipt_headers, received_at, received_times
 from eventbus.retention import event_expired
 from eventbus.subscriptions import Handler, Subscriber, subscribers
@@ -141,9 +145,13 @@ def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[s
     try:
         handled = _without_savepoints(subscriber, raw_events, task_id, received)
         if handled is None:
+
+            def apply(handler: Handler, event: CloudEvent, raw: dict[str, Any]) -> str:
+                return _batch_apply(handler, event, raw, task_id, received_at(received, event.id), retries)
+
             with transaction.atomic():
                 _one_batch_at_a_time(subscriber)
-                handled = [_batch_event(subscriber, raw, task_id, received, retries) for raw in raw_events]
+                handled = [_batch_event(subscriber, raw, apply) for raw in raw_events]
     except Exception as error:
         logger.warning("%s: %s; its %d events go on one by one", subscriber.batch_task, error, len(raw_events))
         pairs = [(h, raw) for raw in raw_events for h in subscriber.handlers_for(str(raw.get("type", "")))]
@@ -154,20 +162,46 @@ def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[s
 
 
 class _NeedsSavepoints(Exception):
-    """A handler of a batch tried without savepoints raised: the batch runs again with them."""
+    """A handler of a batch tried whole raised: the batch runs again with a savepoint per (handler, event)."""
+
+
+@dataclass
+class WholeBatch:
+    """A batch being tried whole (_without_savepoints): the (handler, event id) pairs its inbox holds already or it
+    has handled, and the inbox rows of those it handles, written together once every handler ran."""
+
+    handled: set[tuple[str, str]]
+    inbox: list[InboxMessage] = field(default_factory=list)
+
+    def claim(self, handler: str, event_id: str) -> bool:
+        """Whether `handler` is yet to handle the event; from now on it has."""
+        if (handler, event_id) in self.handled:
+            return False
+        self.handled.add((handler, event_id))
+        return True
 
 
 def _without_savepoints(
     subscriber: Subscriber, raw_events: list[dict[str, Any]], task_id: str, received: dict[str, float]
 ) -> list[dict[str, Any]] | None:
-    """Handle the batch in one transaction without a savepoint per (handler, event): almost every batch succeeds
-    whole, and a savepoint costs two statements each. Should any handler raise, the whole transaction is rolled
-    back and None returned: the caller runs the batch again with savepoints. Its handler runs are counted only
-    once it commits."""
+    """Handle the batch in one transaction, without a savepoint per (handler, event) and with one INSERT for its
+    inbox rows and one for the events its handlers publish: almost every batch succeeds whole. Should any handler
+    raise, the transaction is rolled back and None returned: the caller runs the batch again with savepoints.
+    Its handler runs are counted only once it commits."""
     try:
         with metrics.handler_runs_held() as held, transaction.atomic():
             _one_batch_at_a_time(subscriber)
-            handled = [_batch_event(subscriber, raw, task_id, received, None) for raw in raw_events]
+            whole = WholeBatch(_handled_among(subscriber, raw_events))
+
+            def apply(handler: Handler, event: CloudEvent, raw: dict[str, Any]) -> str:
+                return _batch_apply_whole(handler, event, task_id, received_at(received, event.id), whole)
+
+            with written_together():
+                handled = [_batch_event(subscriber, raw, apply) for raw in raw_events]
+            try:
+                InboxMessage.objects.bulk_create(whole.inbox)
+            except IntegrityError as error:  # a duplicate running beside committed first
+                raise _NeedsSavepoints(f"an inbox row of the batch exists now ({error})") from error
     except _NeedsSavepoints as error:
         logger.info("%s: %s; the batch runs again, each event in a savepoint", subscriber.batch_task, error)
         return None
@@ -175,34 +209,39 @@ def _without_savepoints(
     return handled
 
 
+def _handled_among(subscriber: Subscriber, raw_events: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """The (handler, event id) pairs of the batch its service's inbox holds (one query, by the inbox's unique key)."""
+    names, ids = set(), set()
+    for raw in raw_events:
+        try:
+            ids.add(str(uuid.UUID(str(raw.get("id")))))
+        except ValueError:
+            continue  # poison: _batch_event files it
+        names.update(handler.name for handler in subscriber.handlers_for(str(raw.get("type", ""))))
+    rows = InboxMessage.objects.filter(handler__in=names, event_id__in=ids).values_list("handler", "event_id")
+    return {(handler, str(event_id)) for handler, event_id in rows}
+
+
 def _batch_event(
-    subscriber: Subscriber,
-    raw: dict[str, Any],
-    task_id: str,
-    received: dict[str, float],
-    retries: list[tuple[Handler, dict[str, Any]]] | None,
+    subscriber: Subscriber, raw: dict[str, Any], apply: Callable[[Handler, CloudEvent, dict[str, Any]], str]
 ) -> dict[str, Any]:
-    """One event of a batch, with each of its handlers; `retries` None: without savepoints (_without_savepoints)."""
+    """One event of a batch, given to each of its handlers by `apply`; what each did with it."""
     try:
         event = from_dict(raw)
     except PoisonMessage as error:  # the intake checked it: a batch written by hand
         _store_dead_letter(subscriber.batch_task, subscriber.task_queue, raw, error, DeadLetter.Reason.POISON)
         return {"id": str(raw.get("id", "")), "poison": str(error)}
-    outcomes = {}
-    for handler in subscriber.handlers_for(event.type):
-        delivered = received_at(received, event.id)
-        if retries is None:
-            outcomes[handler.name] = _batch_apply_whole(handler, event, task_id, delivered)
-        else:
-            outcomes[handler.name] = _batch_apply(handler, event, raw, task_id, delivered, retries)
+    outcomes = {handler.name: apply(handler, event, raw) for handler in subscriber.handlers_for(event.type)}
     return {"id": event.id, "type": event.type, "handlers": outcomes}
 
 
 @metrics.observe_handler_runs
-def _batch_apply_whole(handler: Handler, event: CloudEvent, task_id: str, delivered: datetime | None) -> str:
+def _batch_apply_whole(
+    handler: Handler, event: CloudEvent, task_id: str, delivered: datetime | None, whole: WholeBatch
+) -> str:
     try:
         _refuse_expired(handler, event)
-        return apply_once(handler, event, task_id, delivered_at=delivered, savepoint=False)
+        return apply_once(handler, event, task_id, delivered_at=delivered, batch=whole)
     except DATABASE_UNAVAILABLE as error:
         if not _lost_a_lock_race(error):
             raise  # not this event's fault: the whole batch goes on one by one
@@ -287,29 +326,39 @@ def apply_once(
     *,
     attempt: int = 1,
     delivered_at: datetime | None = None,
-    savepoint: bool = True,
+    batch: WholeBatch | None = None,
 ) -> str:
     """Apply `handler` to `event` unless it already was: `done`, or `duplicate` when its inbox row exists.
     The handler's effect, the events it publishes and the inbox row commit together (inside a caller's
-    transaction, as a savepoint; with `savepoint` False, as part of the caller's, which any error then
-    spoils: a duplicate raises IntegrityError). What a worker runs, without the broker: tests call it to
-    deliver by hand."""
+    transaction, as a savepoint). In a batch tried whole (`batch`), as part of the batch's transaction, which
+    any error spoils: the batch writes the inbox row with its others, and knows the pairs handled already.
+    What a worker runs, without the broker: tests call it to deliver by hand."""
     data = event.payload(handler.contract)
+    if batch is not None and not batch.claim(handler.name, event.id):
+        logger.info("%s: %s %s already handled, skipping duplicate", handler.name, event.type, event.id)
+        return "duplicate"
     token, attempt_token = current_event.set(event), _attempt.set(attempt)
     try:
-        with tracing.handler_span(handler.name, event), handler_transaction(savepoint=savepoint):
-            # Inserted first: a concurrent duplicate waits on this row's unique key, then fails.
-            InboxMessage.objects.create(
+        with tracing.handler_span(handler.name, event), handler_transaction(savepoint=batch is None):
+            row = InboxMessage(
                 handler=handler.name,
                 event_id=event.id,
                 event_type=event.type,
                 correlation_id=event.correlationid,
                 task_id=task_id,
                 delivered_at=delivered_at,
+                processed_at=timezone.now(),
             )
+            if batch is None:
+                # Inserted first: a concurrent duplicate waits on this row's unique key, then fails.
+                row.save(force_insert=True)
+            else:
+                # Written with the batch's others. A duplicate running beside still fails on the key then, and
+                # the transaction takes back this handler's effect with it.
+                batch.inbox.append(row)
             handler.function(data, event)
     except IntegrityError:
-        if savepoint and _handled(handler, event):
+        if batch is None and _handled(handler, event):
             logger.info("%s: %s %s already handled, skipping duplicate", handler.name, event.type, event.id)
             return "duplicate"
         raise

@@ -1,6 +1,7 @@
 """Outbox, inbox and dead letters: the tables that make delivery at-least-once and effects exactly-once."""
 
 from django.db import models
+from django.utils import timezone
 
 
 class OutboxMessage(models.Model):
@@ -46,8 +47,9 @@ class InboxMessage(models.Model):
     event_type = models.CharField(max_length=200)
     correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
     task_id = models.CharField(max_length=64, blank=True)
-    # The row is inserted before the handler runs (see handling.apply_once): this is when the handling began.
-    processed_at = models.DateTimeField(auto_now_add=True)
+    # When the handling began (see handling.apply_once): the row is inserted then, or in a batch handled whole
+    # written with the batch's others once all ran.
+    processed_at = models.DateTimeField(default=timezone.now, editable=False)
     delivered_at = models.DateTimeField(
         null=True, blank=True, help_text="When the worker's intake received the event (eventbus.receipts)."
     )

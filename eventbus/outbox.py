@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 from django.conf import settings
@@ -21,6 +23,10 @@ NUDGE_CHANNEL = "eventbus:outbox"
 
 # The event whose handler is running, so that what it publishes inherits correlation and causation.
 current_event: contextvars.ContextVar[CloudEvent | None] = contextvars.ContextVar("current_event", default=None)
+
+
+# Outbox rows publish() holds back for written_together() to write at once; None: each is written as published.
+_held_rows: contextvars.ContextVar[list[OutboxMessage] | None] = contextvars.ContextVar("held_rows", default=None)
 
 
 class HopLimitExceeded(RuntimeError):
@@ -48,7 +54,7 @@ def publish(data: EventData, *, correlation_id: str = "") -> CloudEvent:
     with tracing.outbox_span(contract.type, exchange):
         event = new_event(data, **chain, **tracing.carried(cause))
         tracing.describe(event)
-        OutboxMessage.objects.create(
+        row = OutboxMessage(
             event_id=event.id,
             event_type=event.type,
             exchange=exchange,
@@ -56,8 +62,26 @@ def publish(data: EventData, *, correlation_id: str = "") -> CloudEvent:
             correlation_id=event.correlationid or event.id,
             body=event.to_dict(),
         )
+        if (held := _held_rows.get()) is not None:
+            held.append(row)
+        else:
+            row.save(force_insert=True)
     on_commit_once(_nudge_after_commit)
     return event
+
+
+@contextmanager
+def written_together() -> Iterator[None]:
+    """Hold back the outbox rows publish() records inside the block and write them in one statement when it ends
+    without error (a batch of events handled whole: one INSERT for what all its handlers publish). The rows still
+    commit with the transaction around the block, which must hold it whole."""
+    rows: list[OutboxMessage] = []
+    token = _held_rows.set(rows)
+    try:
+        yield
+    finally:
+        _held_rows.reset(token)
+    OutboxMessage.objects.bulk_create(rows)
 
 
 _redis: redis.Redis | None = None

@@ -3,6 +3,8 @@ no handler fails, else each (handler, event) in its own savepoint, one failure n
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
@@ -41,9 +43,30 @@ def test_a_batch_in_which_no_handler_fails_takes_no_savepoint_per_event():
         result = run_batch(FakeTask(task_id="batch-1"), inventory(), events)
 
     assert [event["handlers"]["inventory.reserve_stock"] for event in result["events"]] == ["done"] * 3
-    savepoints = [query["sql"] for query in queries if query["sql"].startswith("SAVEPOINT")]
-    assert len(savepoints) == 1, "only the batch's own transaction (a savepoint in the test's)"
+    statements = [query["sql"] for query in queries]
+    assert len([sql for sql in statements if sql.startswith("SAVEPOINT")]) == 1, "the batch's (in the test's)"
+    assert len([sql for sql in statements if sql.startswith('INSERT INTO "eventbus_inboxmessage"')]) == 1
+    assert len([sql for sql in statements if sql.startswith('INSERT INTO "eventbus_outboxmessage"')]) == 1
     assert InboxMessage.objects.filter(handler="inventory.reserve_stock").count() == 3
+    assert OutboxMessage.objects.filter(event_type="inventory.StockReserved.v1").count() == 3
+
+
+def test_a_batch_tried_whole_skips_what_the_inbox_holds_and_repeats_within_it():
+    factories.product("P001", stock=10)
+    handled, new = factories.order_placed_event(("P001", 2)), factories.order_placed_event(("P001", 3))
+    run_batch(FakeTask(task_id="batch-1"), inventory(), [handled])
+
+    with CaptureQueriesContext(connection) as queries:
+        result = run_batch(FakeTask(task_id="batch-2"), inventory(), [handled, new, new])
+
+    outcomes = [event["handlers"]["inventory.reserve_stock"] for event in result["events"]]
+    assert outcomes == ["duplicate", "done", "duplicate"]
+    assert len([query for query in queries if query["sql"].startswith("SAVEPOINT")]) == 1, "tried whole, at once"
+    assert Product.objects.get(sku="P001").stock_reserved == 5
+    assert dict(InboxMessage.objects.values_list("event_id", "task_id")) == {
+        uuid.UUID(handled["id"]): "batch-1",
+        uuid.UUID(new["id"]): "batch-2",
+    }
 
 
 def test_in_a_batch_a_failing_event_takes_back_only_its_own_work():
@@ -84,3 +107,19 @@ def test_a_batch_whose_transaction_fails_sends_every_event_on_alone():
     assert [sent["args"] for sent in task.sent] == [[events[0]], [events[1]]]
     assert all(sent["retries"] == 0 for sent in task.sent)
     assert not InboxMessage.objects.exists() and not DeadLetter.objects.exists()
+
+
+def test_a_batch_whose_inbox_rows_meet_a_duplicates_runs_again_with_savepoints():
+    first, second = factories.order_placed_event(("P001", 1)), factories.order_placed_event(("P001", 1))
+
+    def handle(data, event):
+        factories.product(f"X-{event.id[:8]}")
+        if event.id == first["id"]:  # as if the second event's own task, running beside, committed meanwhile
+            InboxMessage.objects.create(handler="inventory.reserve_stock", event_id=second["id"], event_type="t")
+
+    with CaptureQueriesContext(connection) as queries:
+        result = run_batch(FakeTask(task_id="batch-1"), inventory_with(reserve_stock_doing(handle)), [first, second])
+
+    assert [event["handlers"]["inventory.reserve_stock"] for event in result["events"]] == ["done", "duplicate"]
+    assert len([query for query in queries if query["sql"].startswith("SAVEPOINT")]) > 1, "ran again, savepoints"
+    assert list(Product.objects.values_list("sku", flat=True)) == [f"X-{first['id'][:8]}"]
