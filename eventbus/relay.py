@@ -201,7 +201,8 @@ class Relay:
                     users = publishers.connect_all()
                     logger.info("relay %s connected as %s", self.name, ", ".join(users))
                     delay = 0.5
-                    self._loop(publishers)
+                    with tracing.calls_untraced():
+                        self._loop(publishers)
             except Exception as error:  # broker or database away: rows wait in the outbox
                 logger.warning("relay %s: %s; retrying in %.1fs", self.name, error, delay)
                 time.sleep(delay)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -195,21 +195,51 @@ def injected() -> dict[str, str]:
 
 def handler_span(handler: str, event: CloudEvent) -> AbstractContextManager[Any]:
     """The span of `handler` applied to `event`: a child of the current span (the handler's Celery task) when
-    that continues the event's trace, else (a batch's task) of the event's own trace context, linked to it."""
+    that continues the event's trace, else (a batch's task) of the event's own trace context, linked to it.
+    Inside a span that is not recorded (its trace not sampled), the calls the handler makes get none either."""
     if _tracer is None:
         return _no_span
     attributes = {"eventbus.handler": handler, **_event_attributes(event.id, event.type, event.correlationid)}
     current = trace.get_current_span().get_span_context()
     own = _span_context(event)
     if not own.is_valid or own.trace_id == current.trace_id:
-        return _tracer.start_as_current_span(f"process {event.type}", kind=SpanKind.CONSUMER, attributes=attributes)
-    return _tracer.start_as_current_span(
-        f"process {event.type}",
-        context=trace.set_span_in_context(trace.NonRecordingSpan(own)),
-        kind=SpanKind.CONSUMER,
-        links=[Link(current)] if current.is_valid else None,
-        attributes=attributes,
-    )
+        span = _tracer.start_as_current_span(f"process {event.type}", kind=SpanKind.CONSUMER, attributes=attributes)
+    else:
+        span = _tracer.start_as_current_span(
+            f"process {event.type}",
+            context=trace.set_span_in_context(trace.NonRecordingSpan(own)),
+            kind=SpanKind.CONSUMER,
+            links=[Link(current)] if current.is_valid else None,
+            attributes=attributes,
+        )
+    return _calls_traced_if_recorded(span)
+
+
+@contextmanager
+def _calls_traced_if_recorded(span_manager: AbstractContextManager[trace.Span]) -> Iterator[trace.Span]:
+    """Enter `span_manager`; should its span not be recorded, the instrumented calls inside (psycopg's, Redis's)
+    make no spans. Under a parent-based sampler theirs would not be recorded either, but each would still cost
+    about half of what a recorded one does (measured: 28 and 67 us per statement). The trace context the events
+    carry is the span's still, unsampled, so their handlers' spans are not recorded either."""
+    with span_manager as span:
+        if span.is_recording():
+            yield span
+        else:
+            with _suppressed():
+                yield span
+
+
+def calls_untraced() -> AbstractContextManager[Any]:
+    """The instrumented calls inside (psycopg's, Redis's) make no spans: the relay's polling, whose calls belong to
+    no request, task or event (telemetry_sdk.WithoutOrphanCalls would drop each span, at a cost)."""
+    return _suppressed() if _tracer is not None else _no_span
+
+
+def _suppressed() -> AbstractContextManager[None]:
+    # Imported only with tracing on: with it off, no instrumentation package is loaded at all.
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    return suppress_instrumentation()
 
 
 def _parent(traceparent: object, tracestate: object) -> Context:

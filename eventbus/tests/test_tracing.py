@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from django.db import transaction
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,6 +25,7 @@ from eventbus.models import OutboxMessage
 from eventbus.outbox import current_event, publish
 from eventbus.subscriptions import handler_by_name
 from eventbus.telemetry_sdk import WithoutOrphanCalls
+from eventbus.tests.stand_ins import reserve_stock_doing
 from tests import factories
 from tests.harness import environment, python
 
@@ -199,6 +201,28 @@ def test_a_lone_events_handler_span_is_a_child_of_its_task_and_what_it_publishes
     assert create.parent.span_id == process.context.span_id
     reserved = OutboxMessage.objects.get(event_type="inventory.StockReserved.v1").body
     assert tracing.trace_id(reserved["traceparent"]) == TRACE_ID
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("flags", "calls_traced"), [("01", True), ("00", False)])
+def test_a_handler_in_a_trace_not_sampled_makes_calls_without_spans_and_passes_the_trace_on(spans, flags, calls_traced):
+    factories.product("P001", stock=5)
+    event = placed(traceparent=f"00-{TRACE_ID}-00f067aa0ba902b7-{flags}")
+    seen = []
+
+    def reserve(data, event):
+        seen.append(is_instrumentation_enabled())  # what psycopg's and Redis's instrumentation ask
+        handler_by_name("inventory.reserve_stock").function(data, event)
+
+    apply_once(reserve_stock_doing(reserve), event)
+
+    assert seen == [calls_traced]
+    assert is_instrumentation_enabled(), "only inside the handler's span"
+    assert [span.name for span in spans.get_finished_spans()] == (
+        ["create inventory.StockReserved.v1", "process orders.OrderPlaced.v1"] if calls_traced else []
+    )
+    reserved = OutboxMessage.objects.get(event_type="inventory.StockReserved.v1").body
+    assert tracing.trace_id(reserved["traceparent"]) == TRACE_ID and reserved["traceparent"].endswith(f"-{flags}")
 
 
 @pytest.mark.django_db
