@@ -53,6 +53,7 @@ class BenchStack(Stack):
     def start_otlp_sink(self, port: int) -> str:
         """A process that takes OTLP/HTTP exports on `port` and discards them (bench/otlp_sink.py)."""
         self.processes.start(OTLP_SINK, [sys.executable, "-m", "bench.otlp_sink", str(port)])
+        self.wait_for_port(OTLP_SINK, port, timeout=30)  # before any process exports: its first spans would be lost
         return OTLP_SINK
 
     def start_noop_workers(self, count: int, concurrency: int) -> list[str]:
