@@ -42,10 +42,9 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
     if half := phases.get(0.5):
         out["p50_ms_at_50pct"] = half["latency"]["p50_ms"]
         out["p99_ms_at_50pct"] = half["latency"]["p99_ms"]
-    if saturation and (traced := result.get("tracing")):
-        out["tracing_cpu_overhead"] = traced["cpu_ms_per_order"] / saturation["cpu_ms_per_order"] - 1
-    if saturation and (sampled := result.get("tracing_sampled")):
-        out["tracing_cpu_overhead_sampled"] = sampled["cpu_ms_per_order"] / saturation["cpu_ms_per_order"] - 1
+    for phase, name in (("tracing", "tracing_cpu_overhead"), ("tracing_sampled", "tracing_cpu_overhead_sampled")):
+        if saturation and (traced := result.get(phase)):
+            out[name] = traced["cpu_ms_per_order"] / saturation["cpu_ms_per_order"] - 1
     growth = result.get("memory", {}).get("growth") or result.get("worker_memory_growth")
     if growth:
         out["worker_memory_growth"] = max(abs(value) for value in growth.values())
