@@ -188,10 +188,13 @@ def _without_savepoints(
     inbox rows and one for the events its handlers publish: almost every batch succeeds whole. Should any handler
     raise, the transaction is rolled back and None returned: the caller runs the batch again with savepoints.
     Its handler runs are counted only once it commits."""
+    # Read before the transaction: on SQLite every writer waits while one is open. A duplicate that commits between
+    # the read and the batch's commit fails the batch's inbox INSERT, and the batch runs again with savepoints.
+    handled_before = _handled_among(subscriber, raw_events)
     try:
         with metrics.handler_runs_held() as held, transaction.atomic():
             _one_batch_at_a_time(subscriber)
-            whole = WholeBatch(_handled_among(subscriber, raw_events))
+            whole = WholeBatch(handled_before)
 
             def apply(handler: Handler, event: CloudEvent, raw: dict[str, Any]) -> str:
                 return _batch_apply_whole(handler, event, task_id, received_at(received, event.id), whole)

@@ -10,7 +10,6 @@ from uuid import UUID
 
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -100,7 +99,7 @@ def stock_reserve(*, order_id: UUID, lines: list[tuple[str, int]]) -> Reservatio
             held.append(sku)
     if shortages:
         for sku in held:
-            Product.objects.filter(sku=sku).update(stock_reserved=F("stock_reserved") - wanted[sku])
+            Product.objects.move_stock(sku, reserved=-wanted[sku])
         reason = ", ".join(f"{line.product_id}: {line.reason}" for line in shortages)
         reservation = Reservation.objects.create(
             order_id=order_id, status=Reservation.Status.REJECTED, lines=_as_json(wanted), reason=reason
@@ -115,10 +114,7 @@ def stock_reserve(*, order_id: UUID, lines: list[tuple[str, int]]) -> Reservatio
 
 def _hold(sku: str, quantity: int) -> RejectedLine | None:
     """Hold `quantity` of `sku` if available; otherwise say why not."""
-    held = Product.objects.filter(sku=sku, stock_on_hand__gte=F("stock_reserved") + quantity).update(
-        stock_reserved=F("stock_reserved") + quantity
-    )
-    if held:
+    if Product.objects.move_stock(sku, reserved=quantity, if_available=True):
         return None
     product = Product.objects.filter(sku=sku).first()
     available = product.available if product else 0
@@ -198,10 +194,7 @@ def _settle(reservation: Reservation, status: str, *, ship: bool) -> None:
     """End a held reservation: un-reserve its lines, and with `ship` take them off hand too."""
     for line in sorted(reservation.lines, key=lambda line: line["product_id"]):
         quantity = line["quantity"]
-        changes = {"stock_reserved": F("stock_reserved") - quantity}
-        if ship:
-            changes["stock_on_hand"] = F("stock_on_hand") - quantity
-        Product.objects.filter(sku=line["product_id"]).update(**changes)
+        Product.objects.move_stock(line["product_id"], reserved=-quantity, on_hand=-quantity if ship else 0)
     reservation.status = status
     reservation.save(update_fields=["status", "reason", "updated_at"])
     _refresh_availability_on_commit([line["product_id"] for line in reservation.lines])

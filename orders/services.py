@@ -26,6 +26,10 @@ MAX_TOTAL = Decimal("999999999999.99")  # Order.total_amount and the events' Mon
 # How far past the catalogue's revision of a product a change may be: more changes of one product
 # than this are never in flight at once (see catalog_product_apply).
 MAX_REVISION_JUMP = 10
+# What the saga changes on an order; the rest (who ordered what, for how much) is fixed when it is placed.
+SAGA_FIELDS = [
+    "status", "cancel_reason", "decided_at", "stock_leg", "stock_reason", "payment_leg", "payment_reason", "updated_at"
+]  # fmt: skip
 
 
 class ImplausibleRevision(ValueError):
@@ -89,14 +93,18 @@ def order_place(*, customer_email: str, payment_token: str, items: list[LineRequ
     """Create a pending order priced from the catalogue and announce it (OrderPlaced), all in one transaction."""
     if not PAYMENT_TOKEN.match(payment_token):
         raise OrderRejected({"payment_token": ["Expected a payment token like 'tok_visa'."]})
+    # Priced and built before the transaction, which then only writes: on SQLite every writer waits for it.
+    # The catalogue is a copy that other services' events update anyway; a price read a moment early is as good.
+    priced = order_check(items=items)
+    order = Order(customer_email=customer_email, total_amount=priced.total, currency=priced.currency)
+    lines = [
+        OrderLine(order=order, product_id=sku, quantity=qty, unit_price=priced.prices[sku].price)
+        for sku, qty in priced.quantities.items()
+    ]
     with transaction.atomic():
-        priced = order_check(items=items)
-        order = Order.objects.create(customer_email=customer_email, total_amount=priced.total, currency=priced.currency)
-        OrderLine.objects.bulk_create(
-            OrderLine(order=order, product_id=sku, quantity=qty, unit_price=priced.prices[sku].price)
-            for sku, qty in priced.quantities.items()
-        )
-        order_placed.send(sender=Order, order=order, payment_token=payment_token)
+        order.save(force_insert=True)
+        OrderLine.objects.bulk_create(lines)
+        order_placed.send(sender=Order, order=order, lines=lines, payment_token=payment_token)
     return order
 
 
@@ -164,7 +172,7 @@ def _record(order: Order, *, stock: str | None = None, payment: str | None = Non
         _decide(order, decision.status, decision.reason)
     elif decision is not None and order.status == Order.Status.CANCELLED and order.cancel_reason != TIMEOUT:
         order.cancel_reason = decision.reason  # a second failed leg joins the reason
-    order.save()
+    order.save(update_fields=SAGA_FIELDS)
 
 
 def _decide(order: Order, status: str, reason: str = "") -> None:
@@ -194,6 +202,6 @@ def order_cancel_stale(*, older_than: timedelta) -> int:
             order = Order.objects.select_for_update().get(pk=order_id)
             if order.status == Order.Status.PENDING:
                 _decide(order, Order.Status.CANCELLED, TIMEOUT)
-                order.save()
+                order.save(update_fields=SAGA_FIELDS)
                 cancelled += 1
     return cancelled

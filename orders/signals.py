@@ -2,6 +2,6 @@
 
 from django.dispatch import Signal
 
-# Sent with `order` (an Order with its lines saved) and `payment_token` inside the transaction that
-# created it. The token is not stored by the orders service.
+# Sent with `order`, its saved `lines` (OrderLine) and `payment_token` inside the transaction that
+# created them. The token is not stored by the orders service.
 order_placed = Signal()

@@ -13,7 +13,6 @@ from operator import itemgetter
 from uuid import UUID
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from inventory.models import Product, Reservation
@@ -54,17 +53,19 @@ class Leg:
     reason: str = ""
 
 
-@transaction.atomic
 def order_create(*, customer_email: str, payment_token: str, items: list[LineRequest]) -> Order:
-    """A pending order priced and checked as orders.services.order_place does it; nothing announced."""
+    """A pending order priced and checked as orders.services.order_place does it (before its transaction, which
+    only writes); nothing announced."""
     if not PAYMENT_TOKEN.match(payment_token):
         raise OrderRejected({"payment_token": ["Expected a payment token like 'tok_visa'."]})
     priced = order_check(items=items)
-    order = Order.objects.create(customer_email=customer_email, total_amount=priced.total, currency=priced.currency)
-    OrderLine.objects.bulk_create(
-        OrderLine(order=order, product_id=sku, quantity=qty, unit_price=priced.prices[sku].price)
-        for sku, qty in priced.quantities.items()
-    )
+    order = Order(customer_email=customer_email, total_amount=priced.total, currency=priced.currency)
+    with transaction.atomic():
+        order.save(force_insert=True)
+        OrderLine.objects.bulk_create(
+            OrderLine(order=order, product_id=sku, quantity=qty, unit_price=priced.prices[sku].price)
+            for sku, qty in priced.quantities.items()
+        )
     return order
 
 
@@ -112,10 +113,7 @@ def stock_reserve(*, order_id: UUID, lines: list[tuple[str, int]]) -> Leg | None
 
 
 def _hold(sku: str, quantity: int) -> None:
-    held = Product.objects.filter(sku=sku, stock_on_hand__gte=F("stock_reserved") + quantity).update(
-        stock_reserved=F("stock_reserved") + quantity
-    )
-    if not held:
+    if not Product.objects.move_stock(sku, reserved=quantity, if_available=True):
         raise OutOfStock(f"{sku} insufficient stock (requested {quantity})")
 
 
@@ -146,10 +144,8 @@ def stock_release(*, order_id: UUID) -> None:
 
 def _settle(reservation: Reservation, status: str, *, ship: bool) -> None:
     for line in sorted(reservation.lines, key=itemgetter("product_id")):
-        changes = {"stock_reserved": F("stock_reserved") - line["quantity"]}
-        if ship:
-            changes["stock_on_hand"] = F("stock_on_hand") - line["quantity"]
-        Product.objects.filter(sku=line["product_id"]).update(**changes)
+        quantity = line["quantity"]
+        Product.objects.move_stock(line["product_id"], reserved=-quantity, on_hand=-quantity if ship else 0)
     reservation.status = status
     reservation.save(update_fields=["status", "updated_at"])
     _refresh_availability_on_commit([line["product_id"] for line in reservation.lines])
