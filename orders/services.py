@@ -89,18 +89,24 @@ def order_check(*, items: list[LineRequest]) -> PricedOrder:
     return priced
 
 
-def order_place(*, customer_email: str, payment_token: str, items: list[LineRequest]) -> Order:
-    """Create a pending order priced from the catalogue and announce it (OrderPlaced), all in one transaction."""
+def order_build(*, customer_email: str, payment_token: str, items: list[LineRequest]) -> tuple[Order, list[OrderLine]]:
+    """A pending order and its lines, checked and priced from the catalogue, not saved yet; raise OrderRejected.
+    Built before the transaction that saves them, which then only writes: on SQLite every writer waits for it.
+    The catalogue is a copy that other services' events update anyway; a price read a moment early is as good."""
     if not PAYMENT_TOKEN.match(payment_token):
         raise OrderRejected({"payment_token": ["Expected a payment token like 'tok_visa'."]})
-    # Priced and built before the transaction, which then only writes: on SQLite every writer waits for it.
-    # The catalogue is a copy that other services' events update anyway; a price read a moment early is as good.
     priced = order_check(items=items)
     order = Order(customer_email=customer_email, total_amount=priced.total, currency=priced.currency)
     lines = [
         OrderLine(order=order, product_id=sku, quantity=qty, unit_price=priced.prices[sku].price)
         for sku, qty in priced.quantities.items()
     ]
+    return order, lines
+
+
+def order_place(*, customer_email: str, payment_token: str, items: list[LineRequest]) -> Order:
+    """Create a pending order priced from the catalogue and announce it (OrderPlaced), all in one transaction."""
+    order, lines = order_build(customer_email=customer_email, payment_token=payment_token, items=items)
     with transaction.atomic():
         order.save(force_insert=True)
         OrderLine.objects.bulk_create(lines)

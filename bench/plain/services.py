@@ -19,7 +19,7 @@ from inventory.models import Product, Reservation
 from inventory.services import availability_refresh
 from orders.models import Order, OrderLine
 from orders.saga import record_leg
-from orders.services import PAYMENT_TOKEN, LineRequest, OrderRejected, order_check
+from orders.services import LineRequest, order_build
 from payments.gateway import CardDeclined, gateway
 from payments.models import Payment
 
@@ -54,18 +54,11 @@ class Leg:
 
 
 def order_create(*, customer_email: str, payment_token: str, items: list[LineRequest]) -> Order:
-    """A pending order priced and checked as orders.services.order_place does it (before its transaction, which
-    only writes); nothing announced."""
-    if not PAYMENT_TOKEN.match(payment_token):
-        raise OrderRejected({"payment_token": ["Expected a payment token like 'tok_visa'."]})
-    priced = order_check(items=items)
-    order = Order(customer_email=customer_email, total_amount=priced.total, currency=priced.currency)
+    """A pending order built and saved as orders.services.order_place does it; nothing announced."""
+    order, lines = order_build(customer_email=customer_email, payment_token=payment_token, items=items)
     with transaction.atomic():
         order.save(force_insert=True)
-        OrderLine.objects.bulk_create(
-            OrderLine(order=order, product_id=sku, quantity=qty, unit_price=priced.prices[sku].price)
-            for sku, qty in priced.quantities.items()
-        )
+        OrderLine.objects.bulk_create(lines)
     return order
 
 
