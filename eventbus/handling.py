@@ -48,6 +48,7 @@ from eventbus.contracts import UnknownEventType
 from eventbus.envelope import CloudEvent, PoisonMessage, from_dict
 from eventbus.errors import EventExpired, PermanentError, TransientError
 from eventbus.models import DeadLetter, InboxMessage
+from eventbus.names import batch_task_name
 from eventbus.outbox import HopLimitExceeded, current_event, written_together
 from eventbus.receipts import receipt_headers, received_at, received_times
 from eventbus.retention import event_expired
@@ -150,7 +151,7 @@ def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[s
                 return _batch_apply(handler, event, raw, task_id, received_at(received, event.id), retries)
 
             with transaction.atomic():
-                _one_batch_at_a_time(subscriber)
+                _one_writer_at_a_time(subscriber.service)
                 handled = [_batch_event(subscriber, raw, apply) for raw in raw_events]
     except Exception as error:
         logger.warning("%s: %s; its %d events go on one by one", subscriber.batch_task, error, len(raw_events))
@@ -193,7 +194,7 @@ def _without_savepoints(
     handled_before = _handled_among(subscriber, raw_events)
     try:
         with metrics.handler_runs_held() as held, transaction.atomic():
-            _one_batch_at_a_time(subscriber)
+            _one_writer_at_a_time(subscriber.service)
             whole = WholeBatch(handled_before)
 
             def apply(handler: Handler, event: CloudEvent, raw: dict[str, Any]) -> str:
@@ -343,6 +344,8 @@ def apply_once(
     token, attempt_token = current_event.set(event), _attempt.set(attempt)
     try:
         with tracing.handler_span(handler.name, event), handler_transaction(savepoint=batch is None):
+            if len(transaction.get_connection().atomic_blocks) == 1:  # a task of its own, not part of a batch
+                _one_writer_at_a_time(handler.service)
             row = InboxMessage(
                 handler=handler.name,
                 event_id=event.id,
@@ -371,14 +374,15 @@ def apply_once(
     return "done"
 
 
-def _one_batch_at_a_time(subscriber: Subscriber) -> None:
-    """On PostgreSQL, wait until no other batch of this service holds its transaction open. Batches lock the
-    rows their events touch in no common order (an order's products, say) and hold them until they commit:
-    two side by side deadlock, each time costing a second (measured: 207 deadlocks in 1000 orders, 6 orders/s).
-    One at a time they cannot, as on SQLite, whose writers always take turns; single tasks still run beside."""
+def _one_writer_at_a_time(service: str) -> None:
+    """On PostgreSQL, wait until no other handler transaction of `service` is open: a batch, or a handler task on
+    its own (a retry, an event that came alone). They lock the rows their events touch in no common order (an
+    order's products, say) and hold them until they commit: side by side they deadlock, each time costing a
+    second (measured: 207 deadlocks in 1000 orders between batches, 6 orders/s), and an event that loses every
+    try is dead-lettered. One at a time they cannot, as on SQLite, whose writers always take turns."""
     database = transaction.get_connection()
     if database.vendor == "postgresql":
-        digest = hashlib.blake2b(subscriber.batch_task.encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(batch_task_name(service).encode(), digest_size=8).digest()
         with database.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest, "big", signed=True)])
 

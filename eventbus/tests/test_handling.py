@@ -1,15 +1,16 @@
 """Publishing into the outbox and applying a handler exactly once, called directly (no worker)."""
 
 import json
+import threading
 from dataclasses import replace
 
 import pytest
 from celery.exceptions import Retry
-from django.db import transaction
+from django.db import connection, transaction
 
 from eventbus.envelope import CloudEvent, from_dict
 from eventbus.errors import PermanentError, TransientError
-from eventbus.handling import apply_once, backoff, run_handler
+from eventbus.handling import _one_writer_at_a_time, apply_once, backoff, run_handler
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 from eventbus.outbox import HopLimitExceeded, publish
 from eventbus.subscriptions import handler_by_name
@@ -112,3 +113,74 @@ def test_a_permanent_error_is_dead_lettered_at_once():
     with pytest.raises(PermanentError):
         run_handler(FakeTask(0), failing_handler(PermanentError("bad payload")), raw)
     assert DeadLetter.objects.get().reason == "permanent"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_a_handler_task_of_its_own_waits_while_a_batch_of_its_service_writes():
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's writers always take turns: its IMMEDIATE transactions queue")
+    # Given a batch of inventory's in the middle of its transaction (it locked product rows in its own order)
+    factories.product("P001", stock=10)
+    event = from_dict(factories.order_placed_event(("P001", 2)))
+    writing, done = threading.Event(), threading.Event()
+
+    def batch_in_progress() -> None:
+        try:
+            with transaction.atomic():
+                _one_writer_at_a_time("inventory")
+                writing.set()
+                done.wait(timeout=30)
+        finally:
+            connection.close()
+
+    def retry_of_one_event() -> None:
+        try:
+            apply_once(handler_by_name("inventory.reserve_stock"), event, "task-2", attempt=2)
+        finally:
+            connection.close()
+
+    batch, alone = threading.Thread(target=batch_in_progress), threading.Thread(target=retry_of_one_event)
+    batch.start()
+    try:
+        assert writing.wait(timeout=10)
+        # When a retry of one of inventory's events runs meanwhile, it waits for the batch to commit:
+        # the two would lock the same rows in no common order and could deadlock
+        alone.start()
+        alone.join(timeout=1)
+        assert alone.is_alive(), "the lone task waits for the batch"
+        assert Product.objects.get(sku="P001").stock_reserved == 0
+    finally:
+        done.set()
+        batch.join()
+    alone.join(timeout=10)
+    assert not alone.is_alive()
+    assert Product.objects.get(sku="P001").stock_reserved == 2
+    assert InboxMessage.objects.filter(handler="inventory.reserve_stock", event_id=event.id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_a_handler_task_does_not_wait_for_another_services_batch():
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's writers always take turns: its IMMEDIATE transactions queue")
+    factories.product("P001", stock=10)
+    event = from_dict(factories.order_placed_event(("P001", 2)))
+    writing, done = threading.Event(), threading.Event()
+
+    def payments_batch_in_progress() -> None:
+        try:
+            with transaction.atomic():
+                _one_writer_at_a_time("payments")
+                writing.set()
+                done.wait(timeout=30)
+        finally:
+            connection.close()
+
+    batch = threading.Thread(target=payments_batch_in_progress)
+    batch.start()
+    try:
+        assert writing.wait(timeout=10)
+        assert apply_once(handler_by_name("inventory.reserve_stock"), event, "task-2") == "done"
+    finally:
+        done.set()
+        batch.join()
+    assert Product.objects.get(sku="P001").stock_reserved == 2
