@@ -1,5 +1,6 @@
 """Products and their stock."""
 
+from collections.abc import Mapping
 from decimal import Decimal
 
 from django.core.validators import MinValueValidator, RegexValidator
@@ -7,26 +8,35 @@ from django.db import connections, models
 
 
 class ProductManager(models.Manager["Product"]):
-    def move_stock(self, sku: str, *, reserved: int, on_hand: int = 0, if_available: bool = False) -> bool:
-        """Add `reserved` and `on_hand` (either may be negative) to the product's counts in one UPDATE, which the
-        database runs atomically; with `if_available`, only if on hand then covers what is reserved. Whether it did.
+    def move_stock(self, reserved: Mapping[str, int], *, ship: bool = False, if_available: bool = False) -> set[str]:
+        """Add to each product's reserved count its amount in `reserved` (by SKU; negative gives back), and with
+        `ship` to its on-hand count too, in one UPDATE that the database runs atomically; with `if_available`, only
+        to the products whose stock on hand then still covers what is reserved. The SKUs it moved.
 
-        The pipeline's most frequent statement, a few per order, so written as SQL: the ORM took 15 times as long
-        to build it from F() expressions as SQLite took to run it (217 vs 14 us of CPU, measured)."""
+        The pipeline's most frequent statement, twice per order, so written as SQL: the ORM took 15 times as long
+        to build a product's move from F() expressions as SQLite took to run it, and an order's products move
+        together (RETURNING needs SQLite 3.35 or PostgreSQL)."""
+        if not reserved:
+            return set()
         database, field = connections[self.db], self.model._meta.get_field
         quote = database.ops.quote_name
         sku_, reserved_, on_hand_ = (quote(field(name).column) for name in ("sku", "stock_reserved", "stock_on_hand"))
+        skus = sorted(reserved)
+        amount = f"CASE {sku_} {' '.join(['WHEN %s THEN %s'] * len(skus))} END"
+        by_sku = [value for sku in skus for value in (sku, reserved[sku])]
+        on_hand_change, params = (amount, by_sku * 2) if ship else ("0", list(by_sku))
         sql = (
             f"UPDATE {quote(self.model._meta.db_table)} "  # noqa: S608 (names from the model, values as parameters)
-            f"SET {reserved_} = {reserved_} + %s, {on_hand_} = {on_hand_} + %s WHERE {sku_} = %s"
+            f"SET {reserved_} = {reserved_} + {amount}, {on_hand_} = {on_hand_} + {on_hand_change} "
+            f"WHERE {sku_} IN ({', '.join(['%s'] * len(skus))})"
         )
-        params: list[object] = [reserved, on_hand, sku]
+        params += skus
         if if_available:
-            sql += f" AND {on_hand_} + %s >= {reserved_} + %s"
-            params += [on_hand, reserved]
+            sql += f" AND {on_hand_} + {on_hand_change} >= {reserved_} + {amount}"
+            params += (by_sku if ship else []) + by_sku
         with database.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.rowcount > 0
+            cursor.execute(f"{sql} RETURNING {sku_}", params)
+            return {sku for (sku,) in cursor.fetchall()}
 
 
 class Product(models.Model):

@@ -84,22 +84,17 @@ def product_seed_demo() -> int:
 def stock_reserve(*, order_id: UUID, lines: list[tuple[str, int]]) -> Reservation:
     """Hold every line for the order or none; announce StockReserved or StockRejected.
 
-    Each line is a conditional UPDATE (available >= quantity) taken in product order, so two orders
-    racing for the last unit cannot both win, on SQLite and PostgreSQL alike. When a line cannot be held,
-    the lines already held are given back in the same transaction."""
+    The lines are held in one conditional UPDATE (available >= quantity, per product), so two orders racing for
+    the last unit cannot both win, on SQLite and PostgreSQL alike. When a line cannot be held, the lines that
+    were are given back in the same transaction."""
     existing = Reservation.objects.filter(order_id=order_id).first()
     if existing is not None:
         return existing
     wanted = _quantities(lines)
-    held, shortages = [], []
-    for sku in sorted(wanted):
-        if shortage := _hold(sku, wanted[sku]):
-            shortages.append(shortage)
-        else:
-            held.append(sku)
-    if shortages:
-        for sku in held:
-            Product.objects.move_stock(sku, reserved=-wanted[sku])
+    held = Product.objects.move_stock(wanted, if_available=True)
+    if held != wanted.keys():
+        Product.objects.move_stock({sku: -wanted[sku] for sku in held})
+        shortages = [_shortage(sku, wanted[sku]) for sku in sorted(wanted.keys() - held)]
         reason = ", ".join(f"{line.product_id}: {line.reason}" for line in shortages)
         reservation = Reservation.objects.create(
             order_id=order_id, status=Reservation.Status.REJECTED, lines=_as_json(wanted), reason=reason
@@ -112,10 +107,8 @@ def stock_reserve(*, order_id: UUID, lines: list[tuple[str, int]]) -> Reservatio
     return reservation
 
 
-def _hold(sku: str, quantity: int) -> RejectedLine | None:
-    """Hold `quantity` of `sku` if available; otherwise say why not."""
-    if Product.objects.move_stock(sku, reserved=quantity, if_available=True):
-        return None
+def _shortage(sku: str, quantity: int) -> RejectedLine:
+    """Why `quantity` of `sku` could not be held."""
     product = Product.objects.filter(sku=sku).first()
     available = product.available if product else 0
     reason = "insufficient stock" if product else "unknown product"
@@ -192,9 +185,7 @@ def _release(reservation: Reservation, status: str) -> None:
 
 def _settle(reservation: Reservation, status: str, *, ship: bool) -> None:
     """End a held reservation: un-reserve its lines, and with `ship` take them off hand too."""
-    for line in sorted(reservation.lines, key=lambda line: line["product_id"]):
-        quantity = line["quantity"]
-        Product.objects.move_stock(line["product_id"], reserved=-quantity, on_hand=-quantity if ship else 0)
+    Product.objects.move_stock({line["product_id"]: -line["quantity"] for line in reservation.lines}, ship=ship)
     reservation.status = status
     reservation.save(update_fields=["status", "reason", "updated_at"])
     _refresh_availability_on_commit([line["product_id"] for line in reservation.lines])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from operator import itemgetter
 from uuid import UUID
 
 from django.db import transaction
@@ -35,10 +34,6 @@ PAYMENT_OUTCOMES = {
     Payment.Status.CAPTURED: Order.PaymentLeg.AUTHORIZED,
     Payment.Status.DECLINED: Order.PaymentLeg.DECLINED,
 }
-
-
-class OutOfStock(Exception):
-    """A line of the order cannot be held."""
 
 
 class Refused(Exception):
@@ -85,29 +80,23 @@ def order_lines(order: Order) -> list[tuple[str, int]]:
 
 @transaction.atomic
 def stock_reserve(*, order_id: UUID, lines: list[tuple[str, int]]) -> Leg | None:
-    """Hold every line (conditional updates in product order) or none, once per order."""
+    """Hold every line (one conditional update) or none, once per order."""
     reservation = Reservation.objects.filter(order_id=order_id).first()
     if reservation is None:
         wanted = dict(lines)  # order_create merged repeated products
         as_json = [{"product_id": sku, "quantity": qty} for sku, qty in sorted(wanted.items())]
-        try:
-            with transaction.atomic():
-                for sku, quantity in sorted(wanted.items()):
-                    _hold(sku, quantity)
-        except OutOfStock as short:
+        held = Product.objects.move_stock(wanted, if_available=True)
+        if held != wanted.keys():
+            Product.objects.move_stock({sku: -wanted[sku] for sku in held})
+            short = ", ".join(f"{sku} insufficient stock" for sku in sorted(wanted.keys() - held))
             reservation = Reservation.objects.create(
-                order_id=order_id, status=Reservation.Status.REJECTED, lines=as_json, reason=str(short)
+                order_id=order_id, status=Reservation.Status.REJECTED, lines=as_json, reason=short
             )
         else:
             reservation = Reservation.objects.create(order_id=order_id, status=Reservation.Status.HELD, lines=as_json)
             _refresh_availability_on_commit(list(wanted))
     outcome = STOCK_OUTCOMES.get(reservation.status)
     return Leg(outcome, reservation.reason) if outcome else None
-
-
-def _hold(sku: str, quantity: int) -> None:
-    if not Product.objects.move_stock(sku, reserved=quantity, if_available=True):
-        raise OutOfStock(f"{sku} insufficient stock (requested {quantity})")
 
 
 @transaction.atomic
@@ -136,9 +125,7 @@ def stock_release(*, order_id: UUID) -> None:
 
 
 def _settle(reservation: Reservation, status: str, *, ship: bool) -> None:
-    for line in sorted(reservation.lines, key=itemgetter("product_id")):
-        quantity = line["quantity"]
-        Product.objects.move_stock(line["product_id"], reserved=-quantity, on_hand=-quantity if ship else 0)
+    Product.objects.move_stock({line["product_id"]: -line["quantity"] for line in reservation.lines}, ship=ship)
     reservation.status = status
     reservation.save(update_fields=["status", "updated_at"])
     _refresh_availability_on_commit([line["product_id"] for line in reservation.lines])

@@ -4,6 +4,8 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from eventbus.models import OutboxMessage
 from inventory.models import Product, Reservation
@@ -41,6 +43,23 @@ def test_the_last_unit_goes_to_one_order_only():
     second = stock_reserve(order_id=uuid.uuid4(), lines=[("P001", 1)])
     assert (first.status, second.status) == (Reservation.Status.HELD, Reservation.Status.REJECTED)
     assert Product.objects.get(sku="P001").stock_reserved == 1
+
+
+def test_an_orders_products_move_together_in_one_statement_when_held_and_when_shipped():
+    for sku in ("P001", "P002", "P003"):
+        factories.product(sku, stock=5)
+    order_id, lines = uuid.uuid4(), [("P003", 1), ("P001", 2), ("P002", 3)]
+
+    with CaptureQueriesContext(connection) as holding:
+        stock_reserve(order_id=order_id, lines=lines)
+    with CaptureQueriesContext(connection) as shipping:
+        stock_commit(order_id=order_id, lines=lines)
+
+    for queries in (holding, shipping):
+        assert len([q for q in queries if q["sql"].startswith('UPDATE "inventory_product"')]) == 1
+    stock = dict(Product.objects.values_list("sku", "stock_on_hand"))
+    assert stock == {"P001": 3, "P002": 2, "P003": 4}
+    assert not Product.objects.filter(stock_reserved__gt=0).exists()
 
 
 def test_release_and_commit_happen_once():
