@@ -42,9 +42,10 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
     if half := phases.get(0.5):
         out["p50_ms_at_50pct"] = half["latency"]["p50_ms"]
         out["p99_ms_at_50pct"] = half["latency"]["p99_ms"]
+    untraced = result.get("untraced") or saturation  # runs before this baseline existed compared with saturation
     for phase, name in (("tracing", "tracing_cpu_overhead"), ("tracing_sampled", "tracing_cpu_overhead_sampled")):
-        if saturation and (traced := result.get(phase)):
-            out[name] = traced["cpu_ms_per_order"] / saturation["cpu_ms_per_order"] - 1
+        if untraced and (traced := result.get(phase)):
+            out[name] = traced["cpu_ms_per_order"] / untraced["cpu_ms_per_order"] - 1
     growth = result.get("memory", {}).get("growth") or result.get("worker_memory_growth")
     if growth:
         out["worker_memory_growth"] = max(abs(value) for value in growth.values())
@@ -116,6 +117,10 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  {'  CPU per order, all processes (ms)':<50}{plain['cpu_ms_per_order']:>14.1f}")
         per_order = ", ".join(f"{name} {1000 * cpu / plain['orders']:.1f}" for name, cpu in plain["cpu_s"].items())
         lines.append(f"    ms/order: {per_order}")
+    if untraced := result.get("untraced"):
+        runs = " and ".join(f"{run['cpu_ms_per_order']:.1f}" for run in untraced["runs"])
+        label = "pipeline, untraced, either side of the traced runs"
+        lines.append(f"  {label:<50}{untraced['cpu_ms_per_order']:>14.1f} ms CPU/order ({runs})")
     for key in ("tracing", "tracing_sampled"):
         if traced := result.get(key):
             ratio = traced.get("sample_ratio", 1.0)
