@@ -2,6 +2,8 @@
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -115,6 +117,30 @@ def test_a_permanent_error_is_dead_lettered_at_once():
     assert DeadLetter.objects.get().reason == "permanent"
 
 
+@contextmanager
+def batch_writing(service: str) -> Iterator[None]:
+    """A batch of `service` in the middle of its transaction, in a thread of its own, while the block runs."""
+    writing, done = threading.Event(), threading.Event()
+
+    def batch_in_progress() -> None:
+        try:
+            with transaction.atomic():
+                _one_writer_at_a_time(service)
+                writing.set()
+                done.wait(timeout=30)
+        finally:
+            connection.close()
+
+    batch = threading.Thread(target=batch_in_progress)
+    batch.start()
+    try:
+        assert writing.wait(timeout=10)
+        yield
+    finally:
+        done.set()
+        batch.join()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_on_postgresql_a_handler_task_of_its_own_waits_while_a_batch_of_its_service_writes():
     if connection.vendor != "postgresql":
@@ -122,16 +148,6 @@ def test_on_postgresql_a_handler_task_of_its_own_waits_while_a_batch_of_its_serv
     # Given a batch of inventory's in the middle of its transaction (it locked product rows in its own order)
     factories.product("P001", stock=10)
     event = from_dict(factories.order_placed_event(("P001", 2)))
-    writing, done = threading.Event(), threading.Event()
-
-    def batch_in_progress() -> None:
-        try:
-            with transaction.atomic():
-                _one_writer_at_a_time("inventory")
-                writing.set()
-                done.wait(timeout=30)
-        finally:
-            connection.close()
 
     def retry_of_one_event() -> None:
         try:
@@ -139,19 +155,14 @@ def test_on_postgresql_a_handler_task_of_its_own_waits_while_a_batch_of_its_serv
         finally:
             connection.close()
 
-    batch, alone = threading.Thread(target=batch_in_progress), threading.Thread(target=retry_of_one_event)
-    batch.start()
-    try:
-        assert writing.wait(timeout=10)
+    alone = threading.Thread(target=retry_of_one_event)
+    with batch_writing("inventory"):
         # When a retry of one of inventory's events runs meanwhile, it waits for the batch to commit:
         # the two would lock the same rows in no common order and could deadlock
         alone.start()
         alone.join(timeout=1)
         assert alone.is_alive(), "the lone task waits for the batch"
         assert Product.objects.get(sku="P001").stock_reserved == 0
-    finally:
-        done.set()
-        batch.join()
     alone.join(timeout=10)
     assert not alone.is_alive()
     assert Product.objects.get(sku="P001").stock_reserved == 2
@@ -164,23 +175,7 @@ def test_on_postgresql_a_handler_task_does_not_wait_for_another_services_batch()
         pytest.skip("SQLite's writers always take turns: its IMMEDIATE transactions queue")
     factories.product("P001", stock=10)
     event = from_dict(factories.order_placed_event(("P001", 2)))
-    writing, done = threading.Event(), threading.Event()
 
-    def payments_batch_in_progress() -> None:
-        try:
-            with transaction.atomic():
-                _one_writer_at_a_time("payments")
-                writing.set()
-                done.wait(timeout=30)
-        finally:
-            connection.close()
-
-    batch = threading.Thread(target=payments_batch_in_progress)
-    batch.start()
-    try:
-        assert writing.wait(timeout=10)
+    with batch_writing("payments"):
         assert apply_once(handler_by_name("inventory.reserve_stock"), event, "task-2") == "done"
-    finally:
-        done.set()
-        batch.join()
     assert Product.objects.get(sku="P001").stock_reserved == 2
