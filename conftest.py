@@ -4,6 +4,7 @@ it, each as its own broker user, started by devstack. The test process itself is
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from devstack import pipeline
 from devstack.stack import Stack, expected_consumers
 from eventbus.broker_admin import broker_setup
-from tests.harness import database_url, process_stack, temporary_vhost
+from tests.harness import database_url, process_stack, temporary_vhost, wait_settled
 
 WORKER_OPTIONS = {"extra": ("--without-gossip", "--without-mingle")}
 
@@ -64,6 +65,17 @@ def workers(stack_env: dict[str, str], broker_url: str) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Before a test that ran on the suite's stack has its database emptied, the stack finishes that test's work."""
+    marker = item.get_closest_marker("django_db")
+    if marker and marker.kwargs.get("transaction") and "workers" in getattr(item, "fixturenames", ()):
+        try:
+            wait_settled(os.environ["CELERY_BROKER_URL"])
+        except Exception as error:  # the teardown itself must still run
+            warnings.warn(f"could not tell whether the stack had settled: {error!r}", stacklevel=1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -142,6 +143,50 @@ def wait_for(condition, *, timeout: float = 30, interval: float = 0.2, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_settled(broker_url: str, *, timeout: float = 30) -> None:
+    """Wait until the suite's stack has finished a test's work: every event sent from the outbox, no message waiting
+    on a service's queue and, on PostgreSQL, no other session inside a transaction, seen three times in a row.
+    Emptying the database under a handler's transaction can deadlock with it (TRUNCATE locks table by table).
+    Best effort: a test that leaves work behind on purpose (a retry far off) still ends after `timeout`. It asks
+    from a thread of its own: a browser test's teardown runs inside Playwright's event loop, where the ORM refuses."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(_wait_settled, broker_url, timeout).result()
+
+
+def _wait_settled(broker_url: str, timeout: float) -> None:
+    from kombu import Connection
+
+    from devstack import pipeline
+    from devstack.stack import expected_consumers, queue_state
+    from eventbus.models import OutboxMessage
+
+    queues = sorted(expected_consumers([service.name for service in pipeline.services()]))
+    deadline, quiet = time.monotonic() + timeout, 0
+    try:
+        with Connection(broker_url) as broker:
+            while quiet < 3 and time.monotonic() < deadline:
+                try:
+                    waiting = any(state and state[0] for state in (queue_state(broker, queue) for queue in queues))
+                except broker.connection_errors:
+                    waiting = True  # the broker is coming back (a test restarted it): ask again
+                unsent = OutboxMessage.objects.filter(sent_at__isnull=True).exists()
+                quiet = 0 if waiting or unsent or _sessions_in_transaction() else quiet + 1
+                time.sleep(0.1)
+    finally:
+        connection.close()  # this thread's own
+
+
+def _sessions_in_transaction() -> int:
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend' AND xact_start IS NOT NULL"
+        )
+        return cursor.fetchone()[0]
 
 
 def ports_block() -> dict[str, int]:
