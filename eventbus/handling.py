@@ -345,7 +345,7 @@ def apply_once(
     try:
         with tracing.handler_span(handler.name, event), handler_transaction(savepoint=batch is None):
             if len(transaction.get_connection().atomic_blocks) == 1:  # a task of its own, not part of a batch
-                _one_writer_at_a_time(handler.service)
+                _one_writer_at_a_time(handler.service, alone=True)
             row = InboxMessage(
                 handler=handler.name,
                 event_id=event.id,
@@ -374,17 +374,21 @@ def apply_once(
     return "done"
 
 
-def _one_writer_at_a_time(service: str) -> None:
-    """On PostgreSQL, wait until no other handler transaction of `service` is open: a batch, or a handler task on
-    its own (a retry, an event that came alone). They lock the rows their events touch in no common order (an
-    order's products, say) and hold them until they commit: side by side they deadlock, each time costing a
-    second (measured: 207 deadlocks in 1000 orders between batches, 6 orders/s), and an event that loses every
-    try is dead-lettered. One at a time they cannot, as on SQLite, whose writers always take turns."""
+def _one_writer_at_a_time(service: str, *, alone: bool = False) -> None:
+    """On PostgreSQL, wait until no batch of `service` is open and, for a batch (not `alone`), no handler task of
+    its own either (a retry, an event that came alone). A batch locks the rows of many events (an order's products,
+    say) in no common order with anyone else's, and holds them until it commits: side by side with another batch or
+    a task it deadlocks, each time costing a second (measured: 207 deadlocks in 1000 orders between batches, 6
+    orders/s), and an event that loses every try is dead-lettered. So a batch takes its service's advisory lock
+    alone, and a task of its own shares it with the others: they run side by side, as an idle pipeline needs for
+    its latency, each moving one event's rows (an order's products in one statement). SQLite's writers always
+    take turns."""
     database = transaction.get_connection()
     if database.vendor == "postgresql":
         digest = hashlib.blake2b(batch_task_name(service).encode(), digest_size=8).digest()
+        take = "pg_advisory_xact_lock_shared" if alone else "pg_advisory_xact_lock"
         with database.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest, "big", signed=True)])
+            cursor.execute(f"SELECT {take}(%s)", [int.from_bytes(digest, "big", signed=True)])
 
 
 def _lost_a_lock_race(error: BaseException) -> bool:

@@ -118,14 +118,15 @@ def test_a_permanent_error_is_dead_lettered_at_once():
 
 
 @contextmanager
-def batch_writing(service: str) -> Iterator[None]:
-    """A batch of `service` in the middle of its transaction, in a thread of its own, while the block runs."""
+def batch_writing(service: str, *, alone: bool = False) -> Iterator[None]:
+    """A batch of `service` (`alone`: a handler task of its own) in the middle of its transaction, in a thread of
+    its own, while the block runs."""
     writing, done = threading.Event(), threading.Event()
 
     def batch_in_progress() -> None:
         try:
             with transaction.atomic():
-                _one_writer_at_a_time(service)
+                _one_writer_at_a_time(service, alone=alone)
                 writing.set()
                 done.wait(timeout=30)
         finally:
@@ -178,4 +179,32 @@ def test_on_postgresql_a_handler_task_does_not_wait_for_another_services_batch()
 
     with batch_writing("payments"):
         assert apply_once(handler_by_name("inventory.reserve_stock"), event, "task-2") == "done"
+    assert Product.objects.get(sku="P001").stock_reserved == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_handler_tasks_of_their_own_run_side_by_side_but_a_batch_waits_for_them():
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's writers always take turns: its IMMEDIATE transactions queue")
+    factories.product("P001", stock=10)
+    event = from_dict(factories.order_placed_event(("P001", 2)))
+
+    def batch_of_inventory() -> None:
+        try:
+            with transaction.atomic():
+                _one_writer_at_a_time("inventory")
+        finally:
+            connection.close()
+
+    batch = threading.Thread(target=batch_of_inventory)
+    # Given a task of inventory's own in the middle of its transaction
+    with batch_writing("inventory", alone=True):
+        # When another runs meanwhile, it does not wait (an idle pipeline's events come alone)
+        assert apply_once(handler_by_name("inventory.reserve_stock"), event, "task-2") == "done"
+        # But a batch of inventory's waits until the first commits
+        batch.start()
+        batch.join(timeout=1)
+        assert batch.is_alive(), "the batch waits for the task of its own"
+    batch.join(timeout=10)
+    assert not batch.is_alive()
     assert Product.objects.get(sku="P001").stock_reserved == 2
