@@ -2,7 +2,7 @@
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -142,6 +142,18 @@ def batch_writing(service: str, *, alone: bool = False) -> Iterator[None]:
         batch.join()
 
 
+def in_a_thread(work: Callable[[], object]) -> threading.Thread:
+    """A thread (not started) that does `work` on a database connection of its own."""
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            connection.close()
+
+    return threading.Thread(target=run)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_on_postgresql_a_handler_task_of_its_own_waits_while_a_batch_of_its_service_writes():
     if connection.vendor != "postgresql":
@@ -150,13 +162,7 @@ def test_on_postgresql_a_handler_task_of_its_own_waits_while_a_batch_of_its_serv
     factories.product("P001", stock=10)
     event = from_dict(factories.order_placed_event(("P001", 2)))
 
-    def retry_of_one_event() -> None:
-        try:
-            apply_once(handler_by_name("inventory.reserve_stock"), event, "task-2", attempt=2)
-        finally:
-            connection.close()
-
-    alone = threading.Thread(target=retry_of_one_event)
+    alone = in_a_thread(lambda: apply_once(handler_by_name("inventory.reserve_stock"), event, "task-2", attempt=2))
     with batch_writing("inventory"):
         # When a retry of one of inventory's events runs meanwhile, it waits for the batch to commit:
         # the two would lock the same rows in no common order and could deadlock
@@ -190,13 +196,10 @@ def test_on_postgresql_handler_tasks_of_their_own_run_side_by_side_but_a_batch_w
     event = from_dict(factories.order_placed_event(("P001", 2)))
 
     def batch_of_inventory() -> None:
-        try:
-            with transaction.atomic():
-                _one_writer_at_a_time("inventory")
-        finally:
-            connection.close()
+        with transaction.atomic():
+            _one_writer_at_a_time("inventory")
 
-    batch = threading.Thread(target=batch_of_inventory)
+    batch = in_a_thread(batch_of_inventory)
     # Given a task of inventory's own in the middle of its transaction
     with batch_writing("inventory", alone=True):
         # When another runs meanwhile, it does not wait (an idle pipeline's events come alone)
