@@ -125,7 +125,15 @@ def run_handler(task: HandlerTask, handler: Handler, raw_event: dict[str, Any]) 
             raise
         delay = backoff(attempt)
         _log_retry(handler, error, attempt + 1, delay)
-        raise task.retry(exc=error, countdown=delay, max_retries=None) from error
+        try:
+            raise task.retry(exc=error, countdown=delay, max_retries=None) from error
+        except Reject as unsent:
+            # Celery rejects the message for good when the broker refuses the retry (a node restarting, say), and
+            # RabbitMQ would dead-letter the event for an outage of its own. It goes back to its queue to run again
+            # on this attempt instead; the queue's delivery limit bounds how often.
+            logger.warning("%s: could not send the retry (%s); the event goes back to its queue", handler.name, unsent)
+            time.sleep(1)  # no hot redelivery loop
+            raise Reject(unsent.reason, requeue=True) from error
 
 
 def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 from django.db import connection, transaction
 
 from eventbus.envelope import CloudEvent, from_dict
@@ -88,6 +88,24 @@ def failing_handler(error: Exception):
         raise error
 
     return reserve_stock_doing(explode)
+
+
+class BrokerRefusingRetries(FakeTask):
+    """A task whose retry the broker refuses: Celery then rejects the message without requeueing it."""
+
+    def retry(self, *, exc: Exception, countdown: float, max_retries: int | None) -> Retry:
+        raise Reject(ConnectionError("publish not confirmed"), requeue=False)
+
+
+def test_an_event_whose_retry_the_broker_refuses_goes_back_to_its_queue_not_to_the_dead_letters(monkeypatch):
+    monkeypatch.setattr("eventbus.handling.time.sleep", lambda seconds: None)
+    raw = factories.order_placed_event()
+
+    with pytest.raises(Reject) as rejected:
+        run_handler(BrokerRefusingRetries(), failing_handler(TransientError("gateway timeout")), raw)
+
+    assert rejected.value.requeue is True
+    assert not DeadLetter.objects.exists()
 
 
 def test_a_transient_error_retries_until_the_attempts_run_out_then_is_dead_lettered(settings):
