@@ -140,7 +140,13 @@ def traced_stack(receiver: OtlpReceiver) -> Iterator[Stack]:
         stack.wait_for_port("web", config.web_port)
         stack.wait_consuming(expected_consumers(services))
         # The orders catalogue learns the demo products from their ProductChanged events, through the pipeline.
-        wait_for(lambda: catalogue_size(config) >= 10, timeout=60, what="the demo products in the orders catalogue")
+        try:
+            wait_for(
+                lambda: catalogue_size(config) >= 10, timeout=120, what="the demo products in the orders catalogue"
+            )
+        except AssertionError as error:  # the run directory goes with the teardown: keep what its processes said
+            logs = "".join(f"\n--- {name}\n{stack.processes.log_tail(name, 25)}" for name in stack.processes.procs)
+            raise AssertionError(f"{error} (catalogue: {catalogue_size(config)}){logs}") from None
         yield stack
     finally:
         stack.stop()
