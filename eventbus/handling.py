@@ -159,7 +159,7 @@ def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[s
                 return _batch_apply(handler, event, raw, task_id, received_at(received, event.id), retries)
 
             with transaction.atomic():
-                _one_writer_at_a_time(subscriber.service)
+                _take_service_lock(subscriber.service)
                 handled = [_batch_event(subscriber, raw, apply) for raw in raw_events]
     except Exception as error:
         logger.warning("%s: %s; its %d events go on one by one", subscriber.batch_task, error, len(raw_events))
@@ -202,7 +202,7 @@ def _without_savepoints(
     handled_before = _handled_among(subscriber, raw_events)
     try:
         with metrics.handler_runs_held() as held, transaction.atomic():
-            _one_writer_at_a_time(subscriber.service)
+            _take_service_lock(subscriber.service)
             whole = WholeBatch(handled_before)
 
             def apply(handler: Handler, event: CloudEvent, raw: dict[str, Any]) -> str:
@@ -353,7 +353,7 @@ def apply_once(
     try:
         with tracing.handler_span(handler.name, event), handler_transaction(savepoint=batch is None):
             if len(transaction.get_connection().atomic_blocks) == 1:  # a task of its own, not part of a batch
-                _one_writer_at_a_time(handler.service, alone=True)
+                _take_service_lock(handler.service, alone=True)
             row = InboxMessage(
                 handler=handler.name,
                 event_id=event.id,
@@ -382,7 +382,7 @@ def apply_once(
     return "done"
 
 
-def _one_writer_at_a_time(service: str, *, alone: bool = False) -> None:
+def _take_service_lock(service: str, *, alone: bool = False) -> None:
     """On PostgreSQL, wait until no batch of `service` is open and, for a batch (not `alone`), no handler task of
     its own either (a retry, an event that came alone). A batch locks the rows of many events (an order's products,
     say) in no common order with anyone else's, and holds them until it commits: side by side with another batch or

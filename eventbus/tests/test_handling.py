@@ -12,7 +12,7 @@ from django.db import connection, transaction
 
 from eventbus.envelope import CloudEvent, from_dict
 from eventbus.errors import PermanentError, TransientError
-from eventbus.handling import _one_writer_at_a_time, apply_once, backoff, run_handler
+from eventbus.handling import _take_service_lock, apply_once, backoff, run_handler
 from eventbus.models import DeadLetter, InboxMessage, OutboxMessage
 from eventbus.outbox import HopLimitExceeded, publish
 from eventbus.subscriptions import handler_by_name
@@ -144,7 +144,7 @@ def batch_writing(service: str, *, alone: bool = False) -> Iterator[None]:
     def batch_in_progress() -> None:
         try:
             with transaction.atomic():
-                _one_writer_at_a_time(service, alone=alone)
+                _take_service_lock(service, alone=alone)
                 writing.set()
                 done.wait(timeout=30)
         finally:
@@ -215,7 +215,7 @@ def test_on_postgresql_handler_tasks_of_their_own_run_side_by_side_but_a_batch_w
 
     def batch_of_inventory() -> None:
         with transaction.atomic():
-            _one_writer_at_a_time("inventory")
+            _take_service_lock("inventory")
 
     batch = in_a_thread(batch_of_inventory)
     # Given a task of inventory's own in the middle of its transaction
