@@ -172,10 +172,26 @@ def in_a_thread(work: Callable[[], object]) -> threading.Thread:
     return threading.Thread(target=run)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_on_postgresql_a_handler_task_of_its_own_waits_while_a_batch_of_its_service_writes():
+def needs_postgresql() -> None:
     if connection.vendor != "postgresql":
         pytest.skip("SQLite's writers always take turns: its IMMEDIATE transactions queue")
+
+
+def start_and_see_it_wait(thread: threading.Thread, what: str) -> None:
+    """Start `thread`, and see it still waiting a second later."""
+    thread.start()
+    thread.join(timeout=1)
+    assert thread.is_alive(), what
+
+
+def see_it_finish(thread: threading.Thread) -> None:
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_a_handler_task_of_its_own_waits_while_a_batch_of_its_service_writes():
+    needs_postgresql()
     # Given a batch of inventory's in the middle of its transaction (it locked product rows in its own order)
     factories.product("P001", stock=10)
     event = from_dict(factories.order_placed_event(("P001", 2)))
@@ -184,20 +200,16 @@ def test_on_postgresql_a_handler_task_of_its_own_waits_while_a_batch_of_its_serv
     with batch_writing("inventory"):
         # When a retry of one of inventory's events runs meanwhile, it waits for the batch to commit:
         # the two would lock the same rows in no common order and could deadlock
-        alone.start()
-        alone.join(timeout=1)
-        assert alone.is_alive(), "the lone task waits for the batch"
+        start_and_see_it_wait(alone, "the lone task waits for the batch")
         assert Product.objects.get(sku="P001").stock_reserved == 0
-    alone.join(timeout=10)
-    assert not alone.is_alive()
+    see_it_finish(alone)
     assert Product.objects.get(sku="P001").stock_reserved == 2
     assert InboxMessage.objects.filter(handler="inventory.reserve_stock", event_id=event.id).exists()
 
 
 @pytest.mark.django_db(transaction=True)
 def test_on_postgresql_a_handler_task_does_not_wait_for_another_services_batch():
-    if connection.vendor != "postgresql":
-        pytest.skip("SQLite's writers always take turns: its IMMEDIATE transactions queue")
+    needs_postgresql()
     factories.product("P001", stock=10)
     event = from_dict(factories.order_placed_event(("P001", 2)))
 
@@ -208,8 +220,7 @@ def test_on_postgresql_a_handler_task_does_not_wait_for_another_services_batch()
 
 @pytest.mark.django_db(transaction=True)
 def test_on_postgresql_handler_tasks_of_their_own_run_side_by_side_but_a_batch_waits_for_them():
-    if connection.vendor != "postgresql":
-        pytest.skip("SQLite's writers always take turns: its IMMEDIATE transactions queue")
+    needs_postgresql()
     factories.product("P001", stock=10)
     event = from_dict(factories.order_placed_event(("P001", 2)))
 
@@ -223,9 +234,6 @@ def test_on_postgresql_handler_tasks_of_their_own_run_side_by_side_but_a_batch_w
         # When another runs meanwhile, it does not wait (an idle pipeline's events come alone)
         assert apply_once(handler_by_name("inventory.reserve_stock"), event, "task-2") == "done"
         # But a batch of inventory's waits until the first commits
-        batch.start()
-        batch.join(timeout=1)
-        assert batch.is_alive(), "the batch waits for the task of its own"
-    batch.join(timeout=10)
-    assert not batch.is_alive()
+        start_and_see_it_wait(batch, "the batch waits for the task of its own")
+    see_it_finish(batch)
     assert Product.objects.get(sku="P001").stock_reserved == 2
