@@ -198,26 +198,24 @@ def tracing_phase(stack: BenchStack, mix: Any, args: argparse.Namespace, *, rati
     a sink that discards what it gets; the sink's own CPU is left out of the CPU per order. Every trace is sampled,
     or (`ratio` below 1) that share of them, as OpenTelemetry's parent-based trace-id ratio sampler decides; with
     `ratio` 0, tracing is off (and no sink runs): the traced runs' baseline."""
-    if not ratio:
-        stack.start_pipeline()
-        try:
-            return measured_saturation(stack, mix, args)[0]
-        finally:
-            stack.stop_procs(pipeline_names())
-    sink = stack.start_otlp_sink(args.otlp_port)
-    env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{args.otlp_port}"}
-    if ratio < 1:
+    env: dict[str, str] = {}
+    sinks: tuple[str, ...] = ()
+    if ratio:
+        sinks = (stack.start_otlp_sink(args.otlp_port),)
+        env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{args.otlp_port}"}
+    if 0 < ratio < 1:
         env |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": f"{ratio:g}"}
     stack.start_pipeline(env=env)
     try:
-        saturation, _, _, cpu = measured_saturation(stack, mix, args, leave_out=(sink,))
+        saturation, _, _, cpu = measured_saturation(stack, mix, args, leave_out=sinks)
     finally:
-        stack.stop_procs([*pipeline_names(), sink])
+        stack.stop_procs([*pipeline_names(), *sinks])
     saturation["cpu_s"] = {name: round(value, 2) for name, value in cpu.items()}
-    sink_summary = json.loads(stack.log_tail(sink, 1))
-    saturation["spans_per_order"] = round(sink_summary["spans"] / (args.orders + args.warmup_orders), 1)
-    saturation["sink"] = sink_summary
-    saturation["sample_ratio"] = ratio
+    if sinks:
+        sink_summary = json.loads(stack.log_tail(sinks[0], 1))
+        saturation["spans_per_order"] = round(sink_summary["spans"] / (args.orders + args.warmup_orders), 1)
+        saturation["sink"] = sink_summary
+        saturation["sample_ratio"] = ratio
     return saturation
 
 
