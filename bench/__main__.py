@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-port", type=int, default=6510)
     parser.add_argument("--postgres-port", type=int, default=5832)
     parser.add_argument("--otlp-port", type=int, default=4810, help="the tracing phase's OTLP sink")
+    parser.add_argument("--tracing-rounds", type=int, default=3, help="rounds of untraced and traced runs (default 3)")
+    parser.add_argument("--tracing-orders", type=int, default=2000, help="orders in each run of a tracing round")
     parser.add_argument(
         "--trace-sample-ratio", type=float, default=0.1,
         help="also trace with this share of traces sampled, as production would (default 0.1; 0: skip)",
@@ -157,40 +160,78 @@ def run(stack: BenchStack, args: argparse.Namespace, result: dict[str, Any]) -> 
         say(f"bench: relay alone, {args.relay_rows} outbox rows")
         result["relay_alone"] = baselines.relay_alone(stack, args.relay_rows)
 
+    no_ops = []
+    if "celery" not in args.skip:  # once before the pipeline, once at the end: the machine's speed drifts
+        no_ops.append(bare_celery_phase(stack, args))
     say(f"bench: starting the pipeline ({', '.join(pipeline_names())})")
     stack.start_pipeline()
     pipeline_phases(stack, mix, args, result)
     stack.stop_procs(pipeline_names())
 
     if "tracing" not in args.skip:
-        # Tracing's cost is measured against untraced runs on either side of the traced ones, not the saturation run
-        # above: the database has grown since (on PostgreSQL, autovacuum works through it), which a traced run later
-        # on would otherwise be charged with.
-        say("bench: the pipeline again, untraced (the traced runs' baseline, before them)")
-        before = tracing_phase(stack, mix, args, ratio=0.0)
-        say(f"bench: the pipeline again, tracing every process to a local OTLP sink on port {args.otlp_port}")
-        result["tracing"] = tracing_phase(stack, mix, args)
-        if args.trace_sample_ratio:
-            say(f"bench: the pipeline again, traces sampled at {args.trace_sample_ratio:g} (parent-based)")
-            result["tracing_sampled"] = tracing_phase(stack, mix, args, ratio=args.trace_sample_ratio)
-        say("bench: the pipeline again, untraced (the traced runs' baseline, after them)")
-        after = tracing_phase(stack, mix, args, ratio=0.0)
-        result["untraced"] = {"cpu_ms_per_order": (before["cpu_ms_per_order"] + after["cpu_ms_per_order"]) / 2,
-                              "runs": [before, after]}  # fmt: skip
-        off = result["untraced"]["cpu_ms_per_order"]
-        for key, what in (("tracing", "every trace"), ("tracing_sampled", "sampled")):
-            if key in result:
-                on = result[key]["cpu_ms_per_order"]
-                say(f"bench: tracing ({what}) {on:.1f} ms CPU per order, untraced {off:.1f}: {on / off - 1:+.1%}")
+        tracing_rounds(stack, mix, args, result)
 
     if "plain" not in args.skip:
         say(f"bench: the plain Celery saga, a worker x 2 on each of {', '.join(PLAIN_QUEUES)}")
         result["plain_celery"] = plain_phase(stack, mix.skus, args)
 
     if "celery" not in args.skip:
-        workers = len(consumed())
-        say(f"bench: bare Celery, {args.noop_tasks} no-op tasks on {workers} workers x 2")
-        result["bare_celery"] = baselines.bare_celery(stack, tasks=args.noop_tasks, workers=workers, concurrency=2)
+        no_ops.append(bare_celery_phase(stack, args))
+        result["bare_celery"] = {
+            **no_ops[-1],
+            "cpu_ms_per_task": statistics.mean(run["cpu_ms_per_task"] for run in no_ops),
+            "tasks_per_s": statistics.mean(run["tasks_per_s"] for run in no_ops),
+            "runs": no_ops,
+        }
+
+
+def bare_celery_phase(stack: BenchStack, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import baselines
+
+    workers = len(consumed())
+    say(f"bench: bare Celery, {args.noop_tasks} no-op tasks on {workers} workers x 2")
+    return baselines.bare_celery(stack, tasks=args.noop_tasks, workers=workers, concurrency=2)
+
+
+def tracing_rounds(stack: BenchStack, mix: Any, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Tracing's cost, in rounds: each round runs the pipeline untraced, then tracing every trace, then (with
+    --trace-sample-ratio) a share of them, and one untraced run ends the last round. A traced run's overhead
+    is its CPU per order against the mean of the untraced runs either side of its round; the reported
+    overhead is the median over the rounds. The machine's speed drifts over minutes by as much as tracing
+    costs, so each traced run is compared with runs made minutes apart, never with the saturation run above
+    (the database has grown since, and on PostgreSQL autovacuum works through it)."""
+    runs = argparse.Namespace(**{**vars(args), "orders": args.tracing_orders})
+    kinds = [("tracing", 1.0)] + ([("tracing_sampled", args.trace_sample_ratio)] if args.trace_sample_ratio else [])
+    untraced: list[dict[str, Any]] = []
+    traced: dict[str, list[dict[str, Any]]] = {key: [] for key, _ in kinds}
+    for number in range(1, args.tracing_rounds + 1):
+        say(f"bench: tracing round {number}/{args.tracing_rounds}: untraced, {args.tracing_orders} orders")
+        untraced.append(tracing_phase(stack, mix, runs, ratio=0.0))
+        for key, ratio in kinds:
+            what = "every trace" if ratio >= 1 else f"traces sampled at {ratio:g} (parent-based)"
+            say(f"bench: tracing round {number}/{args.tracing_rounds}: {what}, OTLP to a sink on {args.otlp_port}")
+            traced[key].append(tracing_phase(stack, mix, runs, ratio=ratio))
+    say("bench: tracing, the last untraced run")
+    untraced.append(tracing_phase(stack, mix, runs, ratio=0.0))
+    result["untraced"] = {
+        "cpu_ms_per_order": statistics.mean(run["cpu_ms_per_order"] for run in untraced),
+        "runs": untraced,
+    }
+    for key, ratio in kinds:
+        overheads = [
+            run["cpu_ms_per_order"] / statistics.mean(u["cpu_ms_per_order"] for u in untraced[i : i + 2]) - 1
+            for i, run in enumerate(traced[key])
+        ]
+        result[key] = {
+            **traced[key][-1],
+            "cpu_ms_per_order": statistics.median(run["cpu_ms_per_order"] for run in traced[key]),
+            "overheads": overheads,
+            "overhead": statistics.median(overheads),
+            "runs": traced[key],
+        }
+        rounds = ", ".join(f"{overhead:+.1%}" for overhead in overheads)
+        what = "every trace" if ratio >= 1 else f"{ratio:g} sampled"
+        say(f"bench: tracing ({what}): CPU per order {result[key]['overhead']:+.1%}, the median of {rounds}")
 
 
 def tracing_phase(stack: BenchStack, mix: Any, args: argparse.Namespace, *, ratio: float = 1.0) -> dict[str, Any]:

@@ -45,7 +45,8 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
     untraced = result.get("untraced") or saturation  # runs before this baseline existed compared with saturation
     for phase, name in (("tracing", "tracing_cpu_overhead"), ("tracing_sampled", "tracing_cpu_overhead_sampled")):
         if untraced and (traced := result.get(phase)):
-            out[name] = traced["cpu_ms_per_order"] / untraced["cpu_ms_per_order"] - 1
+            # Runs in rounds carry the median of their rounds' overheads; earlier runs, one traced run each.
+            out[name] = traced.get("overhead", traced["cpu_ms_per_order"] / untraced["cpu_ms_per_order"] - 1)
     growth = result.get("memory", {}).get("growth") or result.get("worker_memory_growth")
     if growth:
         out["worker_memory_growth"] = max(abs(value) for value in growth.values())
@@ -109,6 +110,9 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  {'  CPU per order, all processes (ms)':<50}{sat['cpu_ms_per_order']:>14.1f}")
         if bare:
             lines.append(f"  {'  CPU per no-op task, workers + broker (ms)':<50}{bare['cpu_ms_per_task']:>14.2f}")
+            if "runs" in bare:
+                runs = " and ".join(f"{run['cpu_ms_per_task']:.2f}" for run in bare["runs"])
+                lines.append(f"  {'    mean of a run before the pipeline, one at the end':<50}{runs:>14}")
     plain = result.get("plain_celery")
     if plain:
         label = f"plain Celery saga ({_n(plain['orders'])} orders, {plain['workers']} workers x {plain['concurrency']})"
@@ -118,7 +122,7 @@ def table(result: dict[str, Any]) -> str:
         per_order = ", ".join(f"{name} {1000 * cpu / plain['orders']:.1f}" for name, cpu in plain["cpu_s"].items())
         lines.append(f"    ms/order: {per_order}")
     if untraced := result.get("untraced"):
-        runs = " and ".join(f"{run['cpu_ms_per_order']:.1f}" for run in untraced["runs"])
+        runs = ", ".join(f"{run['cpu_ms_per_order']:.1f}" for run in untraced["runs"])
         label = "pipeline, untraced, either side of the traced runs"
         lines.append(f"  {label:<50}{untraced['cpu_ms_per_order']:>14.1f} ms CPU/order ({runs})")
     for key in ("tracing", "tracing_sampled"):
@@ -129,6 +133,10 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"  {label:<50}{_n(traced['orders_per_s'], 1):>14} orders/s")
             cpu = traced["cpu_ms_per_order"]
             lines.append(f"  {'  CPU per order, all processes but the sink (ms)':<50}{cpu:>14.1f}")
+            if "overheads" in traced:
+                rounds = ", ".join(f"{overhead:+.1%}" for overhead in traced["overheads"])
+                label = "  overhead on the untraced runs beside it"
+                lines.append(f"  {label:<50}{traced['overhead']:>+14.1%} ({rounds})")
             if "spans_per_order" in traced:
                 lines.append(f"  {'  spans exported per order':<50}{traced['spans_per_order']:>14.1f}")
     if result.get("latency"):
