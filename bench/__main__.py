@@ -225,6 +225,7 @@ def tracing_rounds(stack: BenchStack, mix: Any, args: argparse.Namespace, result
         result[key] = {
             **traced[key][-1],
             "cpu_ms_per_order": statistics.median(run["cpu_ms_per_order"] for run in traced[key]),
+            "orders_per_s": statistics.median(run["orders_per_s"] for run in traced[key]),
             "overheads": overheads,
             "overhead": statistics.median(overheads),
             "runs": traced[key],

@@ -112,7 +112,7 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"  {'  CPU per no-op task, workers + broker (ms)':<50}{bare['cpu_ms_per_task']:>14.2f}")
             if "runs" in bare:
                 runs = " and ".join(f"{run['cpu_ms_per_task']:.2f}" for run in bare["runs"])
-                lines.append(f"  {'    mean of a run before the pipeline, one at the end':<50}{runs:>14}")
+                lines.append(f"  {'    mean of: before the pipeline, at the end':<50}{runs:>14}")
     plain = result.get("plain_celery")
     if plain:
         label = f"plain Celery saga ({_n(plain['orders'])} orders, {plain['workers']} workers x {plain['concurrency']})"
@@ -129,7 +129,8 @@ def table(result: dict[str, Any]) -> str:
         if traced := result.get(key):
             ratio = traced.get("sample_ratio", 1.0)
             what = "all traces" if ratio >= 1 else f"{ratio:g} of traces"
-            label = f"pipeline, traced: {what} ({_n(traced['orders'])} orders)"
+            runs = f"{len(traced['runs'])} x " if "runs" in traced else ""
+            label = f"pipeline, traced: {what} ({runs}{_n(traced['orders'])} orders)"
             lines.append(f"  {label:<50}{_n(traced['orders_per_s'], 1):>14} orders/s")
             cpu = traced["cpu_ms_per_order"]
             lines.append(f"  {'  CPU per order, all processes but the sink (ms)':<50}{cpu:>14.1f}")
