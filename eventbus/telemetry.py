@@ -28,7 +28,8 @@ def configure(service: str) -> bool:
     if settings.OTEL_TRACES_EXPORTER and not _on:
         from eventbus import telemetry_sdk
 
-        tracing.start(telemetry_sdk.set_up(service, settings.OTEL_TRACES_EXPORTER))
+        tracer, follows_parent = telemetry_sdk.set_up(service, settings.OTEL_TRACES_EXPORTER)
+        tracing.start(tracer, follows_parent=follows_parent)
         _on = True
     return _on
 

@@ -28,9 +28,10 @@ from opentelemetry.util.types import Attributes
 _pipeline: ExportPipeline | None = None
 
 
-def set_up(service: str, exporters: Sequence[str]) -> trace.Tracer:
+def set_up(service: str, exporters: Sequence[str]) -> tuple[trace.Tracer, bool]:
     """Trace this process as `service` (unless OTEL_SERVICE_NAME names it otherwise) through `exporters`,
-    instrument Django, Celery, psycopg and Redis, and return the tracer of the event path's own spans."""
+    instrument Django, Celery, psycopg and Redis, and return the tracer of the event path's own spans, and
+    whether its sampler drops every span whose parent was not sampled (eventbus.tracing.start)."""
     global _pipeline
     resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
@@ -44,7 +45,17 @@ def set_up(service: str, exporters: Sequence[str]) -> trace.Tracer:
     CeleryInstrumentor().instrument()
     PsycopgInstrumentor().instrument()
     RedisInstrumentor().instrument()
-    return provider.get_tracer("eventbus")
+    return provider.get_tracer("eventbus"), follows_parent(provider.sampler.sampler)
+
+
+def follows_parent(sampler: Sampler) -> bool:
+    """Whether `sampler` drops every span whose parent, local or remote, was not sampled: OpenTelemetry's
+    `parentbased_*` samplers as OTEL_TRACES_SAMPLER makes them (the default among them), not `always_on`, say,
+    nor a ParentBased given other samplers for such parents."""
+    description = sampler.get_description()
+    return description.startswith("ParentBased{") and all(
+        f"{parent}ParentNotSampled:AlwaysOffSampler" in description for parent in ("remote", "local")
+    )
 
 
 def reopen() -> None:

@@ -6,7 +6,8 @@ current span's when tracing is on (eventbus.telemetry), otherwise that of the ev
 the API request's `traceparent` header, so that a trace goes on through a process that does not trace.
 With tracing on, the outbox write, the relay's publish, the intake's dispatch and each handler get a
 span (Django, Celery, psycopg and Redis have their own instrumentation); with it off, each function
-here returns at once.
+here returns at once. In a trace not sampled, under a sampler that drops what its parent dropped (the
+parentbased_* ones), they make no span: the trace context is passed on, marked not sampled, without one.
 """
 
 from __future__ import annotations
@@ -42,16 +43,22 @@ TRACESTATE_MEMBER = re.compile(
 )
 
 _tracer: trace.Tracer | None = None  # set by eventbus.telemetry when tracing is on
+# Whether the sampler drops every span whose parent was not sampled (the parentbased_* samplers): then a span
+# in a trace not sampled would be dropped anyway, and the event path makes none, only passes the trace on.
+_follows_parent = False
 _propagator = TraceContextTextMapPropagator()
 _no_span = nullcontext()
 # The trace context of the API request being served, from its `traceparent` header (RequestTraceContext).
 _request_context: ContextVar[dict[str, str] | None] = ContextVar("request_trace_context", default=None)
 
 
-def start(tracer: trace.Tracer | None) -> None:
-    """Give the event path's spans to `tracer` from now on (None: no spans)."""
-    global _tracer
+def start(tracer: trace.Tracer | None, *, follows_parent: bool = False) -> None:
+    """Give the event path's spans to `tracer` from now on (None: no spans). `follows_parent`: its sampler drops
+    every span whose parent was not sampled, so in such a trace no span need be made (each would cost about half
+    of a recorded one only to be dropped): the trace context is passed on without one."""
+    global _tracer, _follows_parent
     _tracer = tracer
+    _follows_parent = tracer is not None and follows_parent
 
 
 # --- the trace context an event carries
@@ -120,8 +127,8 @@ class RequestTraceContext:
 
 def outbox_span(event_type: str, exchange: str) -> AbstractContextManager[Any]:
     """The span of publish() writing an event to the outbox, current while the event takes its trace context."""
-    if _tracer is None:
-        return _no_span
+    if _tracer is None or _not_sampled(trace.get_current_span().get_span_context()):
+        return _no_span  # the event takes the current span's trace context, not sampled, as its own
     attributes = {"messaging.system": "rabbitmq", "messaging.operation.type": "create",
                   "messaging.destination.name": exchange, "cloudevents.event_type": event_type}  # fmt: skip
     return _tracer.start_as_current_span(f"create {event_type}", kind=SpanKind.PRODUCER, attributes=attributes)
@@ -129,8 +136,8 @@ def outbox_span(event_type: str, exchange: str) -> AbstractContextManager[Any]:
 
 def describe(event: CloudEvent) -> None:
     """Name `event` on the current span (its id, type, source, saga)."""
-    if _tracer is not None:
-        trace.get_current_span().set_attributes(_event_attributes(event.id, event.type, event.correlationid))
+    if _tracer is not None and (span := trace.get_current_span()).is_recording():
+        span.set_attributes(_event_attributes(event.id, event.type, event.correlationid))
 
 
 def published(rows: Iterable[OutboxMessage], *, started: int, refused: dict[str, str]) -> None:
@@ -141,6 +148,9 @@ def published(rows: Iterable[OutboxMessage], *, started: int, refused: dict[str,
     ended = time.time_ns()
     for row in rows:
         body = row.body
+        parent = _parent(body.get("traceparent"), body.get("tracestate"))
+        if _not_sampled(trace.get_current_span(parent).get_span_context()):
+            continue
         attributes = {
             **_event_attributes(str(row.event_id), row.event_type, str(body.get("correlationid", ""))),
             "messaging.operation.type": "send",
@@ -149,7 +159,7 @@ def published(rows: Iterable[OutboxMessage], *, started: int, refused: dict[str,
         }
         span = _tracer.start_span(
             f"publish {row.event_type}",
-            context=_parent(body.get("traceparent"), body.get("tracestate")),
+            context=parent,
             kind=SpanKind.PRODUCER,
             attributes=attributes,
             start_time=started,
@@ -169,6 +179,8 @@ def dispatch_span(events: list[CloudEvent], queue: str) -> AbstractContextManage
                                   "messaging.destination.name": queue}  # fmt: skip
     if len(events) == 1:
         event = events[0]
+        if _not_sampled(own := _span_context(event)):
+            return trace.use_span(trace.NonRecordingSpan(own))  # the task it makes continues the event's trace
         return _tracer.start_as_current_span(
             f"receive {event.type}",
             context=_parent(event.traceparent, event.tracestate),
@@ -199,9 +211,11 @@ def handler_span(handler: str, event: CloudEvent) -> AbstractContextManager[Any]
     Inside a span that is not recorded (its trace not sampled), the calls the handler makes get none either."""
     if _tracer is None:
         return _no_span
+    own = _span_context(event)
+    if _not_sampled(own):  # what it publishes continues the event's trace, not sampled; its calls make no spans
+        return _calls_untraced_in(trace.use_span(trace.NonRecordingSpan(own)))
     attributes = {"eventbus.handler": handler, **_event_attributes(event.id, event.type, event.correlationid)}
     current = trace.get_current_span().get_span_context()
-    own = _span_context(event)
     if not own.is_valid or own.trace_id == current.trace_id:
         span = _tracer.start_as_current_span(f"process {event.type}", kind=SpanKind.CONSUMER, attributes=attributes)
     else:
@@ -213,6 +227,12 @@ def handler_span(handler: str, event: CloudEvent) -> AbstractContextManager[Any]
             attributes=attributes,
         )
     return _calls_traced_if_recorded(span)
+
+
+@contextmanager
+def _calls_untraced_in(span_manager: AbstractContextManager[trace.Span]) -> Iterator[trace.Span]:
+    with span_manager as span, _suppressed():
+        yield span
 
 
 @contextmanager
@@ -248,6 +268,11 @@ def _parent(traceparent: object, tracestate: object) -> Context:
         return Context()
     carrier = {"traceparent": traceparent, "tracestate": tracestate if isinstance(tracestate, str) else ""}
     return _propagator.extract(carrier, context=Context())
+
+
+def _not_sampled(context: trace.SpanContext) -> bool:
+    """Whether a span under `context` would be dropped: its trace is not sampled and the sampler follows that."""
+    return _follows_parent and context.is_valid and not context.trace_flags.sampled
 
 
 def _span_context(event: CloudEvent) -> trace.SpanContext:

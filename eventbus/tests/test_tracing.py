@@ -14,7 +14,15 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import SpanKind, StatusCode
 from rest_framework.test import APIClient
 
@@ -24,7 +32,7 @@ from eventbus.handling import apply_once
 from eventbus.models import OutboxMessage
 from eventbus.outbox import current_event, publish
 from eventbus.subscriptions import handler_by_name
-from eventbus.telemetry_sdk import WithoutOrphanCalls
+from eventbus.telemetry_sdk import WithoutOrphanCalls, follows_parent
 from eventbus.tests.stand_ins import reserve_stock_doing
 from tests import factories
 from tests.harness import environment, python
@@ -274,6 +282,72 @@ def test_the_relay_publishes_each_event_in_a_span_that_is_a_child_of_its_trace_c
     assert sent[0].start_time == 1_000 and sent[0].status.status_code is StatusCode.UNSET
     assert sent[1].status.status_code is StatusCode.ERROR and sent[1].status.description == "nack"
     assert sent[0].attributes["messaging.rabbitmq.destination.routing_key"] == "order.placed"
+
+
+class Asked(Sampler):
+    """OpenTelemetry's default sampler (parent-based, every root sampled), counting the spans it is asked about."""
+
+    def __init__(self) -> None:
+        self.sampler, self.names = ParentBased(ALWAYS_ON), []
+
+    def should_sample(self, parent_context, trace_id, name, *args, **kwargs) -> SamplingResult:
+        self.names.append(name)
+        return self.sampler.should_sample(parent_context, trace_id, name, *args, **kwargs)
+
+    def get_description(self) -> str:
+        return self.sampler.get_description()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("flags", ["00", "01"])
+def test_under_a_parent_based_sampler_a_trace_not_sampled_gets_no_span_at_all_and_goes_on(flags):
+    # Given the event path tracing with a sampler that drops what its parent dropped
+    sampler = Asked()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.start(provider.get_tracer("test"), follows_parent=follows_parent(sampler))
+    factories.product("P001", stock=5)
+    event = placed(traceparent=f"00-{TRACE_ID}-00f067aa0ba902b7-{flags}")
+    seen = []
+
+    def reserve(data, event):
+        seen.append(is_instrumentation_enabled())
+        handler_by_name("inventory.reserve_stock").function(data, event)
+
+    try:
+        # When an event of a trace sampled or not is dispatched, handled (publishing one) and the result relayed
+        with tracing.dispatch_span([event], "inventory.events"):
+            carrier = tracing.injected()
+        apply_once(reserve_stock_doing(reserve), event)
+        reserved = OutboxMessage.objects.get(event_type="inventory.StockReserved.v1")
+        tracing.published([reserved], started=1_000, refused={})
+    finally:
+        tracing.start(None)
+
+    # Then a trace not sampled is passed on, marked so, without one span asked for, and its calls make none
+    assert tracing.trace_id(carrier["traceparent"]) == TRACE_ID and carrier["traceparent"].endswith(f"-{flags}")
+    assert tracing.trace_id(reserved.body["traceparent"]) == TRACE_ID
+    assert reserved.body["traceparent"].endswith(f"-{flags}")
+    expected = ["receive orders.OrderPlaced.v1", "process orders.OrderPlaced.v1",
+                "create inventory.StockReserved.v1", "publish inventory.StockReserved.v1"]  # fmt: skip
+    assert sampler.names == (expected if flags == "01" else [])
+    assert sorted(span.name for span in exporter.get_finished_spans()) == (sorted(expected) if flags == "01" else [])
+    assert seen == [flags == "01"]
+
+
+@pytest.mark.parametrize(
+    ("sampler", "follows"),
+    [
+        (ParentBased(ALWAYS_ON), True),  # OpenTelemetry's default, parentbased_always_on
+        (ParentBasedTraceIdRatio(0.1), True),
+        (ALWAYS_ON, False),  # samples a span whatever its parent was
+        (TraceIdRatioBased(0.1), False),
+        (ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON), False),
+    ],
+)
+def test_the_event_path_skips_the_spans_of_a_trace_not_sampled_only_under_a_sampler_that_drops_them(sampler, follows):
+    assert follows_parent(sampler) is follows
 
 
 def test_a_query_outside_any_span_starts_no_trace_but_anything_else_is_sampled_as_before():
