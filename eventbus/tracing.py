@@ -175,15 +175,16 @@ def dispatch_span(events: list[CloudEvent], queue: str) -> AbstractContextManage
     the event's trace context; a batch's starts a trace of its own, linked to each event's."""
     if _tracer is None:
         return _no_span
+    own = _span_context(events[0]) if len(events) == 1 else None
+    if own is not None and _not_sampled(own):
+        return trace.use_span(trace.NonRecordingSpan(own))  # the task it makes continues the event's trace
     attributes: dict[str, Any] = {"messaging.system": "rabbitmq", "messaging.operation.type": "receive",
                                   "messaging.destination.name": queue}  # fmt: skip
-    if len(events) == 1:
+    if own is not None:
         event = events[0]
-        if _not_sampled(own := _span_context(event)):
-            return trace.use_span(trace.NonRecordingSpan(own))  # the task it makes continues the event's trace
         return _tracer.start_as_current_span(
             f"receive {event.type}",
-            context=_parent(event.traceparent, event.tracestate),
+            context=trace.set_span_in_context(trace.NonRecordingSpan(own)),  # the event's trace context, read once
             kind=SpanKind.CONSUMER,
             attributes={**attributes, **_event_attributes(event.id, event.type, event.correlationid)},
         )
