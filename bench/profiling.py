@@ -1,5 +1,9 @@
 """Where an order's CPU goes: py-spy samples each worker (pool children included), the relay and the
-bench process (order_place) under load, then the stacks are summed by function and by library."""
+bench process (order_place) under load, then the stacks are summed by function and by library.
+
+Only a thread holding the GIL is sampled (py-spy's --gil): one waiting for PostgreSQL's answer or the
+broker's is not. Without it, psycopg's wait for a result, which py-spy does not see as idle, was a
+quarter of a worker's samples on PostgreSQL and hid where the CPU goes."""
 
 from __future__ import annotations
 
@@ -60,7 +64,7 @@ def record(stack: BenchStack, mix: OrderMix, orders: int, out_dir: Path, *, rate
     spies = {}
     for name, pid in targets.items():
         argv = [str(PY_SPY), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--nolineno",
-                "--full-filenames", "--output", str(_raw_path(out_dir, name))]  # fmt: skip
+                "--full-filenames", "--gil", "--output", str(_raw_path(out_dir, name))]  # fmt: skip
         if name in ("orders", "inventory", "payments"):
             argv.append("--subprocesses")
         log = (out_dir / f"{_slug(name)}.py-spy.log").open("wb")
@@ -181,7 +185,7 @@ SECTIONS = [
 def render(summaries: dict[str, dict], orders: int, elapsed: float) -> str:
     lines = [
         f"py-spy profile: {orders} orders in {elapsed:.1f}s",
-        "(samples of running or runnable threads; idle ones left out)",
+        "(samples of threads holding the GIL: Python's CPU; a thread waiting for the database or broker is left out)",
     ]
     for name, summary in summaries.items():
         lines.append("")
