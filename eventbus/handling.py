@@ -50,6 +50,7 @@ from eventbus.errors import EventExpired, PermanentError, TransientError
 from eventbus.models import DeadLetter, InboxMessage
 from eventbus.names import batch_task_name
 from eventbus.outbox import HopLimitExceeded, current_event, written_together
+from eventbus.preload import preloaded
 from eventbus.receipts import receipt_headers, received_at, received_times
 from eventbus.retention import event_expired
 from eventbus.subscriptions import Handler, Subscriber, subscribers
@@ -193,8 +194,9 @@ class WholeBatch:
 def _without_savepoints(
     subscriber: Subscriber, raw_events: list[dict[str, Any]], task_id: str, received: dict[str, float]
 ) -> list[dict[str, Any]] | None:
-    """Handle the batch in one transaction, without a savepoint per (handler, event) and with one INSERT for its
-    inbox rows and one for the events its handlers publish: almost every batch succeeds whole. Should any handler
+    """Handle the batch in one transaction, without a savepoint per (handler, event), with one INSERT for its inbox
+    rows and one for the events its handlers publish, and one SELECT per kind of row its handlers lock
+    (eventbus.preload): almost every batch succeeds whole. Should any handler
     raise, the transaction is rolled back and None returned: the caller runs the batch again with savepoints.
     Its handler runs are counted only once it commits."""
     # Read before the transaction: on SQLite every writer waits while one is open. A duplicate that commits between
@@ -208,7 +210,7 @@ def _without_savepoints(
             def apply(handler: Handler, event: CloudEvent, raw: dict[str, Any]) -> str:
                 return _batch_apply_whole(handler, event, task_id, received_at(received, event.id), whole)
 
-            with written_together():
+            with preloaded(subscriber.preload, raw_events), written_together():
                 handled = [_batch_event(subscriber, raw, apply) for raw in raw_events]
             try:
                 InboxMessage.objects.bulk_create(whole.inbox)

@@ -42,13 +42,26 @@ class Handler:
         return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{self.name}:{event_id}"))
 
 
+@dataclass(frozen=True)
+class Preload:
+    """Rows of `model` whose `field` equals the member `key` of an event's data as it travels (camelCase; by default
+    the order's id), which the service's handlers lock: a batch handled whole reads them for all its events at
+    once (eventbus.preload)."""
+
+    model: type[Any]
+    field: str = "pk"
+    key: str = "orderId"
+
+
 @dataclass
 class Subscriber:
-    """A consuming service: its event queue (by default `<service>.events`) and the handlers that queue feeds."""
+    """A consuming service: its event queue (by default `<service>.events`), the handlers that queue feeds, and
+    the rows they lock (`preload`)."""
 
     service: str
     queue: str = ""
     handlers: list[Handler] = field(default_factory=list)
+    preload: tuple[Preload, ...] = ()
 
     def __post_init__(self) -> None:
         self.queue = self.queue or event_queue_name(self.service)

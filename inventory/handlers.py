@@ -2,11 +2,12 @@
 
 from eventbus.envelope import CloudEvent
 from eventbus.errors import PermanentError
-from eventbus.subscriptions import Subscriber
+from eventbus.subscriptions import Preload, Subscriber
+from inventory.models import Reservation
 from inventory.services import CommitRefused, stock_commit, stock_release, stock_reserve
 from orders.events import OrderCancelled, OrderConfirmed, OrderPlaced
 
-inventory = Subscriber("inventory")
+inventory = Subscriber("inventory", preload=(Preload(Reservation, "order_id"),))
 
 
 @inventory.on(OrderPlaced)

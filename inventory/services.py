@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from eventbus.commit_hooks import on_commit_once
 from eventbus.outbox import publish
+from eventbus.preload import locked
 from eventbus.transactions import service_transaction
 from inventory.events import ProductChanged, RejectedLine, ReservedLine, StockRejected, StockReleased, StockReserved
 from inventory.models import Product, Reservation
@@ -172,7 +173,7 @@ def reservation_expire_stale(*, older_than: timedelta) -> int:
 
 
 def _locked(order_id: UUID) -> Reservation | None:
-    return Reservation.objects.select_for_update().filter(order_id=order_id).first()
+    return locked(Reservation, order_id=order_id)
 
 
 def _release(reservation: Reservation, status: str) -> None:

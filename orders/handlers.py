@@ -4,14 +4,14 @@ from decimal import Decimal
 
 from eventbus.envelope import CloudEvent
 from eventbus.errors import PermanentError
-from eventbus.subscriptions import Subscriber
+from eventbus.subscriptions import Preload, Subscriber
 from inventory.events import ProductChanged, StockRejected, StockReserved
 from orders.models import Order
 from orders.services import ImplausibleRevision, catalog_product_apply, order_record_authorization, order_record_leg
 from payments.events import PaymentAuthorized, PaymentDeclined
 
 # Not the default `orders.events` (eventbus.names): DESIGN fixed this queue's name.
-orders = Subscriber("orders", queue="orders.events-in")
+orders = Subscriber("orders", queue="orders.events-in", preload=(Preload(Order),))
 
 
 @orders.on(StockReserved)

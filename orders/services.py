@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from eventbus.outbox import publish
+from eventbus.preload import locked
 from eventbus.transactions import service_transaction
 from orders.events import OrderCancelled, OrderConfirmed, OrderItem
 from orders.metrics import order_decided
@@ -144,7 +145,7 @@ def order_record_leg(
 ) -> Order | None:
     """Record one leg's outcome and let the saga decide. A leg is recorded once: a repeated or
     late event changes nothing, so any order and any duplication of events ends the same way."""
-    order = Order.objects.select_for_update().filter(pk=order_id).first()
+    order = locked(Order, pk=order_id)
     if order is not None:
         _record(order, stock=stock, payment=payment, reason=reason)
     return order
@@ -161,7 +162,7 @@ def order_record_authorization(*, order_id: UUID, amount: Decimal, currency: str
     would capture money that does not pay for the order; leaving it pending would hold the
     customer's funds and the stock until the timeout and hide the cause behind `timeout`. A forged
     authorization gains nothing by it that a forged PaymentDeclined would not."""
-    order = Order.objects.select_for_update().filter(pk=order_id).first()
+    order = locked(Order, pk=order_id)
     if order is None:
         return None
     if (amount, currency) == (order.total_amount, order.currency):

@@ -5,11 +5,12 @@ from decimal import Decimal
 from eventbus.envelope import CloudEvent
 from eventbus.errors import PermanentError
 from eventbus.sealing import SealBroken, unseal
-from eventbus.subscriptions import Subscriber
+from eventbus.subscriptions import Preload, Subscriber
 from orders.events import OrderCancelled, OrderConfirmed, OrderPlaced
+from payments.models import Payment
 from payments.services import CaptureRefused, payment_authorize, payment_capture, payment_void
 
-payments = Subscriber("payments")
+payments = Subscriber("payments", preload=(Preload(Payment, "order_id"),))
 
 
 @payments.on(OrderPlaced)

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from eventbus.outbox import publish
+from eventbus.preload import locked
 from eventbus.transactions import service_transaction
 from payments import events
 from payments.gateway import CardDeclined, gateway
@@ -30,7 +31,7 @@ def payment_authorize(*, order_id: UUID, token: str, amount: Decimal, currency: 
 
     A payment already recorded for the order (authorized, declined, or voided because the order
     was cancelled first) is returned untouched: the card is never charged twice."""
-    existing = Payment.objects.select_for_update().filter(order_id=order_id).first()
+    existing = locked(Payment, order_id=order_id)
     if existing is not None:
         return existing
     key = _idempotency_key(order_id)
@@ -60,7 +61,7 @@ def payment_capture(*, order_id: UUID, amount: Decimal, currency: str) -> Paymen
     Payments cannot see the order, so it checks what it can on its own: that it holds a live
     authorization for the order, of exactly the confirmed amount; otherwise it refuses
     (CaptureRefused), also when the authorization has expired."""
-    payment = Payment.objects.select_for_update().filter(order_id=order_id).first()
+    payment = locked(Payment, order_id=order_id)
     if payment is not None and payment.status == Payment.Status.CAPTURED:
         return payment
     if payment is None:
@@ -87,7 +88,7 @@ def payment_capture(*, order_id: UUID, amount: Decimal, currency: str) -> Paymen
 def payment_void(*, order_id: UUID) -> Payment:
     """Release an authorization of a cancelled order. If the cancellation arrives first, a voided
     record is left so that a late authorization request does nothing."""
-    payment = Payment.objects.select_for_update().filter(order_id=order_id).first()
+    payment = locked(Payment, order_id=order_id)
     if payment is None:
         return Payment.objects.create(
             order_id=order_id, amount=Decimal("0.00"), currency="USD", idempotency_key=_idempotency_key(order_id),

@@ -44,5 +44,9 @@ def inventory_with(handler: Handler) -> SimpleNamespace:
     """The inventory subscriber with `handler` as its only handler."""
     real = inventory()
     return SimpleNamespace(
-        service=real.service, batch_task=real.batch_task, task_queue=real.task_queue, handlers_for=lambda _: [handler]
+        service=real.service,
+        batch_task=real.batch_task,
+        task_queue=real.task_queue,
+        preload=real.preload,
+        handlers_for=lambda _: [handler],
     )
