@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
     ALWAYS_ON,
     Decision,
     ParentBased,
@@ -24,6 +25,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from rest_framework.test import APIClient
 
 from eventbus import tracing
@@ -334,6 +336,58 @@ def test_under_a_parent_based_sampler_a_trace_not_sampled_gets_no_span_at_all_an
     assert sampler.names == (expected if flags == "01" else [])
     assert sorted(span.name for span in exporter.get_finished_spans()) == (sorted(expected) if flags == "01" else [])
     assert seen == [flags == "01"]
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The traceparents the event path reads with OpenTelemetry's W3C propagator, in order."""
+    read: list[str] = []
+    extract = TraceContextTextMapPropagator.extract
+
+    def counted(self, carrier, *args, **kwargs):
+        read.append(carrier.get("traceparent"))
+        return extract(self, carrier, *args, **kwargs)
+
+    monkeypatch.setattr(TraceContextTextMapPropagator, "extract", counted)
+    return read
+
+
+@pytest.mark.parametrize(("root", "expected"), [(ALWAYS_ON, 2), (ALWAYS_OFF, 0)])
+def test_a_batch_reads_its_events_trace_contexts_only_when_its_span_is_recorded(reads, root, expected):
+    # Given a sampler that keeps or drops every batch's span (a root of its own)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(root))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.start(provider.get_tracer("test"), follows_parent=True)
+    batch = [placed(traceparent=CALLER), placed(traceparent=f"00-{'1' * 32}-{'2' * 16}-01")]
+
+    try:
+        with tracing.dispatch_span(batch, "inventory.events"):
+            pass
+    finally:
+        tracing.start(None)
+
+    # Then the events' trace contexts are read for its links only when it is kept
+    assert len(reads) == expected
+    assert [len(span.links) for span in exporter.get_finished_spans()] == ([2] if expected else [])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("flags", ["00", "01"])
+def test_the_relay_reads_the_trace_context_only_of_an_event_whose_trace_is_sampled(reads, flags):
+    tracing.start(TracerProvider().get_tracer("test"), follows_parent=True)
+    factories.product("P001", stock=5)
+    with transaction.atomic():
+        publish(factories.order_placed(), correlation_id="c")
+    row = OutboxMessage.objects.get()
+    row.body["traceparent"] = f"00-{TRACE_ID}-00f067aa0ba902b7-{flags}"
+
+    try:
+        tracing.published([row], started=1_000, refused={})
+    finally:
+        tracing.start(None)
+
+    assert reads == ([row.body["traceparent"]] if flags == "01" else [])
 
 
 @pytest.mark.parametrize(
