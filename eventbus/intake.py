@@ -63,6 +63,10 @@ class Waiting:
 class EventIntake(bootsteps.ConsumerStep):
     """Consume the event queue (and dead-letter queues) of every service this worker serves."""
 
+    # After the Tasks step: it fills the consumer's task strategies, which the hand-over starts requests with.
+    # Started before it, the intake would take events (mingle reads the connection) it cannot yet hand over.
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
     def __init__(self, parent, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.app = parent.app

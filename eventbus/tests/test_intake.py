@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from celery import current_app
 from celery.worker import state as worker_state
+from celery.worker.consumer import Consumer
 from django.db import OperationalError
 
 from eventbus import handoff, intake
@@ -154,3 +155,11 @@ def test_poison_is_filed_on_a_fresh_connection_when_the_first_store_fails(step, 
         "rejected": outcome == "rejected",
     }, "filed on the second try, else left to the broker's dead-letter queue"
     assert stored[-1] == ("poison" if outcome == "acked" else None)
+
+
+def test_the_intake_starts_once_the_worker_can_make_requests():
+    # The hand-over makes requests with the consumer's task strategies, which Celery's Tasks step fills:
+    # started before it (while mingle reads the connection) the intake took events it could not hand over.
+    consumer_steps = Consumer.Blueprint(steps=current_app.steps["consumer"])
+    order = [step.name for step in consumer_steps._finalize_steps(consumer_steps.claim_steps())]
+    assert order.index("eventbus.intake.EventIntake") > order.index("celery.worker.consumer.tasks.Tasks")
