@@ -477,3 +477,21 @@ def test_the_admin_lists_blocked_rows_and_unblocks_them(admin_client):
     admin_client.post("/admin/eventbus/outboxmessage/", {"action": "unblock", "_selected_action": [blocked.pk]})
     blocked.refresh_from_db()
     assert (blocked.blocked_at, blocked.publish_attempts) == (None, 0)
+
+
+def test_on_postgresql_a_claim_is_one_statement(django_assert_num_queries):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite claims in an IMMEDIATE transaction: a lone UPDATE there would begin deferred")
+    # Given three unsent rows
+    rows = outbox_rows("ok", "ok", "ok")
+
+    # When a relay claims two: one round trip, with no transaction around it
+    with django_assert_num_queries(1):
+        claimed = outbox_claim(claimer="relay-1", limit=2)
+
+    # Then it got the oldest two, whole as the relay publishes them, leased and counted
+    assert ids(claimed) == ids(rows)[:2]
+    assert [row.body for row in claimed] == [row.body for row in rows[:2]]
+    assert all(row.created_at == original.created_at for row, original in zip(claimed, rows, strict=False))
+    leased = OutboxMessage.objects.filter(claimed_by="relay-1", publish_attempts=1, claimed_until__isnull=False)
+    assert sorted(leased.values_list("id", flat=True)) == ids(rows)[:2]
