@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,8 @@ from eventbus.envelope import CONTENT_TYPE, PoisonMessage, from_dict
 from eventbus.models import DeadLetter, DeadLetterReplay
 from eventbus.retention import event_expired
 from eventbus.subscriptions import Subscriber, subscribers
+
+logger = logging.getLogger(__name__)
 
 REPLAY_HEADER = "x-replayed-from-dead-letter"
 # "ValueError: ..." as handling stores a handler's error; intake and broker errors are sentences, naming none.
@@ -78,8 +81,13 @@ def store(
     headers: dict[str, Any] | None = None,
     traceback: str = "",
     attempts: int = 1,
+    redelivered: bool = False,
 ) -> DeadLetter:
-    """File a message that could not be handled; the body is kept as text and never deserialized here."""
+    """File a message that could not be handled; the body is kept as text and never deserialized here.
+
+    A message the broker `redelivered` may have been filed before its acknowledgement was lost (the worker or
+    the broker died in between): when a letter of the same queue and body is on file, that one is returned and
+    nothing is filed. A message delivered for the first time is always filed, the same bytes sent twice included."""
     if isinstance(body, dict):
         text = json.dumps(body)
         content_type = content_type or CONTENT_TYPE
@@ -89,6 +97,10 @@ def store(
         text = body
     # PostgreSQL text cannot hold NUL, which binary (pickle) bodies carry; kept escaped, like other bytes.
     text = text.replace("\x00", "\\x00")
+    digest = hashlib.sha256(f"{queue}\n{text}".encode()).hexdigest()
+    if redelivered and (filed := DeadLetter.objects.filter(delivery_digest=digest).order_by("id").first()):
+        logger.info("dead letter #%s from %s was delivered again; it is filed once", filed.pk, queue)
+        return filed
     event_id, event_type = _identify(text) if content_type in ("", CONTENT_TYPE, "application/json") else ("", "")
     error_class = error_class_of(error, reason)
     letter = DeadLetter.objects.create(
@@ -103,6 +115,7 @@ def store(
         error=error[:10_000].replace("\x00", "\\x00"),
         error_class=error_class,
         fingerprint=fingerprint_of(event_type=event_type, consumer=handler or queue, error_class=error_class),
+        delivery_digest=digest,
         traceback=traceback[-20_000:].replace("\x00", "\\x00"),
         attempts=attempts,
     )

@@ -232,6 +232,7 @@ class EventIntake(bootsteps.ConsumerStep):
             "content_type": message.content_type or "",
             "headers": dict(message.headers or {}),
             "error": error,
+            "redelivered": _redelivered(message),
         }
         try:
             deadletters.store(**letter)
@@ -268,6 +269,7 @@ class EventIntake(bootsteps.ConsumerStep):
                 headers=headers,
                 error=f"dead-lettered by RabbitMQ: {headers.get('x-first-death-reason') or death.get('reason')}",
                 attempts=int(death.get("count") or 1),
+                redelivered=_redelivered(message),
             )
         except DatabaseError:
             logger.exception("cannot file a broker dead letter yet")
@@ -283,6 +285,11 @@ class EventIntake(bootsteps.ConsumerStep):
         time.sleep(1)
         for message in messages:
             message.requeue()
+
+
+def _redelivered(message: Message) -> bool:
+    """Whether the broker delivered `message` before (to a consumer that did not acknowledge it)."""
+    return bool((message.delivery_info or {}).get("redelivered"))
 
 
 def _task_event(body: bytes) -> dict[str, Any] | None:

@@ -53,6 +53,24 @@ def test_a_letter_that_failed_before_any_handler_is_grouped_by_its_queue_and_rea
     assert not_json.fingerprint != wrong_schema.fingerprint  # no type to read: a group of its own
 
 
+def test_a_message_delivered_again_is_filed_once_the_same_bytes_sent_again_twice():
+    def file(body: bytes, *, queue: str = "inventory.events", redelivered: bool = False) -> DeadLetter:
+        return deadletters.store(reason=DeadLetter.Reason.POISON, queue=queue, body=body, error="not JSON",
+                                 redelivered=redelivered)  # fmt: skip
+
+    # A message filed, whose acknowledgement was lost: the broker delivers it again, marked redelivered
+    first = file(b"garbage 1")
+    again = file(b"garbage 1", redelivered=True)
+    assert again.pk == first.pk and DeadLetter.objects.count() == 1
+
+    # The same bytes published again arrive as a new delivery: a letter of their own
+    assert file(b"garbage 1").pk != first.pk
+    # Redelivered, but never filed (the consumer died before filing it), or filed from another queue: filed
+    file(b"garbage 2", redelivered=True)
+    file(b"garbage 1", queue="payments.events", redelivered=True)
+    assert DeadLetter.objects.count() == 4
+
+
 def test_groups_count_letters_and_unhandled_ones_and_show_the_newest_as_sample():
     older = handler_letter(ValueError("one"))
     newer = handler_letter(ValueError("two"))

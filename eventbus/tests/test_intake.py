@@ -14,6 +14,7 @@ from django.db import OperationalError
 
 from eventbus import handoff, intake
 from eventbus.envelope import CONTENT_TYPE, new_event
+from eventbus.models import DeadLetter
 from eventbus.tests import stand_ins
 from tests import factories
 
@@ -40,6 +41,7 @@ class Message:
     def __init__(self, event) -> None:
         self.body, self.content_type = event.to_json(), CONTENT_TYPE
         self.properties, self.headers, self.acked = {"user_id": "orders"}, {}, False
+        self.delivery_info = {"redelivered": False}
 
     def ack(self) -> None:
         self.acked = True
@@ -155,6 +157,24 @@ def test_poison_is_filed_on_a_fresh_connection_when_the_first_store_fails(step, 
         "rejected": outcome == "rejected",
     }, "filed on the second try, else left to the broker's dead-letter queue"
     assert stored[-1] == ("poison" if outcome == "acked" else None)
+
+
+def test_poison_delivered_again_after_its_acknowledgement_was_lost_is_filed_once(step, monkeypatch):
+    # (A worker's hygiene between messages; in the test's transaction it would close the connection.)
+    monkeypatch.setattr(intake, "close_old_connections", lambda: None)
+    # Given poison filed, whose acknowledgement was lost with the worker: the broker delivers it again
+    first = Message(new_event(factories.order_placed()))
+    first.body = b"{not json"
+    step.on_event(stand_ins.inventory(), first)
+    again = Message(new_event(factories.order_placed()))
+    again.body, again.delivery_info = first.body, {"redelivered": True}
+
+    # When the intake takes it again
+    step.on_event(stand_ins.inventory(), again)
+
+    # Then it is acknowledged, and the store holds the one letter
+    assert first.acked and again.acked
+    assert DeadLetter.objects.filter(reason=DeadLetter.Reason.POISON).count() == 1
 
 
 def test_the_intake_starts_once_the_worker_can_make_requests():
