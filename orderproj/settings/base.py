@@ -185,7 +185,8 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_EVENT_SERIALIZER = "json"
 CELERY_RESULT_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
-CELERY_RESULT_BACKEND = "django-db"
+# django-celery-results' rows ("django-db"), stored in one statement on PostgreSQL (eventbus/results.py).
+CELERY_RESULT_BACKEND = "eventbus.results:DatabaseBackend"
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = None  # eventbus.retention deletes task results, in batches, not celery.backend_cleanup
 # Every handler is idempotent (inbox), so a message is acknowledged only once its work is done
