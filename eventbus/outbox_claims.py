@@ -64,6 +64,8 @@ def outbox_claim(*, claimer: str, limit: int) -> list[OutboxMessage]:
 # PostgreSQL: the same claim as one UPDATE ... RETURNING round trip, instead of BEGIN, SELECT ... FOR UPDATE SKIP
 # LOCKED, UPDATE and COMMIT. It is on the path of every event, between its commit and its publish. (SQLite keeps
 # the transaction: a lone UPDATE there begins deferred, and could fail to take the write lock without waiting.)
+# Its WHERE repeats outbox_claim's filter, and must change with it: compiling that queryset into the subquery on
+# each claim instead cost about 0.9 ms, most of what the one statement saves (timed in the relay, not kept).
 _CLAIM = """
 UPDATE {table} SET
     claimed_by = %(claimer)s,
