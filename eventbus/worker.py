@@ -1,4 +1,5 @@
-"""Celery wiring of the broker identities: every task message names its sender, a worker knows only its queues.
+"""Celery wiring of the worker: every task message names its sender, a worker knows only its queues, and its
+task events go out without a publisher confirm each.
 
 Nothing here declares the topology any more: `manage.py broker_setup` does, as the administrator, and the
 pipeline's users may not (eventbus.identities).
@@ -8,6 +9,8 @@ from typing import Any
 
 from celery import current_app
 from celery.signals import before_task_publish, worker_init
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu import Connection
 
 from eventbus.identities import url_user
 
@@ -28,3 +31,22 @@ def forget_other_queues(sender: Any = None, **_: Any) -> None:
     queues = sender.app.amqp.queues
     for name in set(queues) - set(queues.consume_from or queues):
         del queues[name]
+
+
+class Consumer(CeleryConsumer):
+    """Celery's worker consumer (CELERY_WORKER_CONSUMER), but for the connection of its task events.
+
+    The broker's `confirm_publish` makes every publish on a connection wait for RabbitMQ's confirm. Task
+    messages need that; the task events (received, started, succeeded: three per task, for Flower) do not, and
+    the worker sends them from its event loop, where the intake runs too, and each wait held up the events
+    behind it (docs/benchmark.md). An event lost when the broker fails is one that Flower does not show; the
+    task's state is in the result backend all the same. The plain saga of `make bench` takes the project's
+    Celery settings, and so this consumer too.
+    """
+
+    def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Connection:
+        # Celery's Events step is this method's one caller: the connection is the event dispatcher's.
+        connection = self.app.connection_for_write(
+            url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
+        )
+        return self.ensure_connected(connection)

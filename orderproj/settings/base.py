@@ -202,6 +202,8 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 60)
 CELERY_TASK_TRACK_STARTED = False
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
+# Celery's consumer, sending the task events without a publisher confirm each (eventbus.worker.Consumer).
+CELERY_WORKER_CONSUMER = "eventbus.worker:Consumer"
 # A worker's remote-control queue (`<node>.celery.pidbox`, what Flower's inspect calls use) is exclusive by
 # default. After a RabbitMQ node restart in a cluster, the queue of the worker's dead connection can outlive
 # it for a moment, and the reconnecting worker then stopped with RESOURCE_LOCKED (seen in `make chaos` on
