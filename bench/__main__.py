@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plain import QUEUE_NAMES as PLAIN_QUEUES
+from bench.procstats import self_cpu_seconds
 from bench.stack import BenchStack, consumed, pipeline_names
 from devstack.brokers import StackError, say
 from devstack.config import ROOT, StackConfig
@@ -301,12 +302,17 @@ def pipeline_phases(stack: BenchStack, mix: Any, args: argparse.Namespace, resul
     for fraction in fractions:
         rate = fraction * saturation["orders_per_s"]
         say(f"bench: open loop at {fraction:.0%} of saturation, {rate:.1f} orders/s for {args.latency_seconds:.0f}s")
+        before, bench_cpu, started = stack.sample(), self_cpu_seconds(), time.monotonic()
         phase = workload.open_loop(stack, mix, rate, args.latency_seconds, stall_timeout=args.stall_timeout)
+        workload.wait_quiet(stack)
+        phase |= _cpu_of_phase(before, stack.sample(), self_cpu_seconds() - bench_cpu, started, phase["orders"])
         phase["fraction"] = fraction
         result["latency"].append(phase)
         stats = phase["latency"]
-        say(f"bench: p50 {stats['p50_ms']:.1f} ms, p99 {stats['p99_ms']:.1f} ms, max {stats['max_ms']:.1f} ms")
-        workload.wait_quiet(stack)
+        say(
+            f"bench: p50 {stats['p50_ms']:.1f} ms, p99 {stats['p99_ms']:.1f} ms, max {stats['max_ms']:.1f} ms; "
+            f"{phase['cpu_ms_per_order']:.1f} ms CPU per order, {phase['cpu_cores']:.2f} cores busy"
+        )
 
     if args.profile:
         from bench import profiling
@@ -327,6 +333,19 @@ def pipeline_phases(stack: BenchStack, mix: Any, args: argparse.Namespace, resul
             stack, mix, args.memory_orders, window=args.memory_window,
             stall_timeout=args.stall_timeout, workers=list(consumed()),
         )  # fmt: skip
+
+
+def _cpu_of_phase(before: dict, after: dict, bench_cpu_s: float, started: float, orders: int) -> dict[str, Any]:
+    """CPU of an open-loop phase until its queues were quiet, every process's and the bench's own: per order, and
+    in cores busy over the phase. An event handled alone costs more than one in a batch, so at a fraction of
+    saturation the machine is busier than that fraction."""
+    cpu = {name: after[name].cpu_s - before[name].cpu_s for name in after if name in before}
+    total = sum(cpu.values()) + bench_cpu_s
+    return {
+        "cpu_ms_per_order": round(1000 * total / orders, 2),
+        "cpu_cores": round(total / (time.monotonic() - started), 2),
+        "cpu_s": {name: round(value, 2) for name, value in cpu.items()} | {"bench": round(bench_cpu_s, 2)},
+    }
 
 
 def plain_phase(stack: BenchStack, skus: list[str], args: argparse.Namespace) -> dict[str, Any]:

@@ -139,7 +139,8 @@ def table(result: dict[str, Any]) -> str:
     if result.get("latency"):
         lines.append("")
         # lag: how far the bench itself fell behind its schedule (a starved load generator, not the pipeline).
-        header = f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'n':>7}{'lost':>6}{'lag':>8}"
+        # CPU/order and cores: every process's and the bench's, from the phase's start until its queues were quiet.
+        header = f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'n':>7}{'lost':>6}{'lag':>8}{'CPU/order':>11}{'cores':>7}"
         lines.append(f"{'Latency, intended send -> decided_at (ms)':<40}{header}")
         for phase in result["latency"]:
             stats = phase["latency"]
@@ -149,6 +150,7 @@ def table(result: dict[str, Any]) -> str:
                 f"{label:<40}{stats['p50_ms']:>9.1f}{stats['p95_ms']:>9.1f}{stats['p99_ms']:>9.1f}"
                 f"{stats['max_ms']:>9.1f}{stats['count']:>7}{phase['undecided']:>6}"
                 f"{phase.get('max_schedule_lag_ms', 0.0):>8.0f}"
+                + (f"{phase['cpu_ms_per_order']:>11.1f}{phase['cpu_cores']:>7.2f}" if "cpu_cores" in phase else "")
             )
     if result.get("processes"):
         orders = sat["orders"] if sat else 0
