@@ -86,8 +86,9 @@ def store(
     """File a message that could not be handled; the body is kept as text and never deserialized here.
 
     A message the broker `redelivered` may have been filed before its acknowledgement was lost (the worker or
-    the broker died in between): when a letter of the same queue and body is on file, that one is returned and
-    nothing is filed. A message delivered for the first time is always filed, the same bytes sent twice included."""
+    the broker died in between): when a letter of the same queue, handler and body is on file, that one is
+    returned and nothing is filed. A message delivered for the first time is always filed, the same bytes sent
+    twice included."""
     if isinstance(body, dict):
         text = json.dumps(body)
         content_type = content_type or CONTENT_TYPE
@@ -97,7 +98,8 @@ def store(
         text = body
     # PostgreSQL text cannot hold NUL, which binary (pickle) bodies carry; kept escaped, like other bytes.
     text = text.replace("\x00", "\\x00")
-    digest = hashlib.sha256(f"{queue}\n{text}".encode()).hexdigest()
+    # A handler's letter names it: two handlers of one service can each file the same event from the same queue.
+    digest = hashlib.sha256((f"{queue}\n{handler}\n{text}" if handler else f"{queue}\n{text}").encode()).hexdigest()
     if redelivered and (filed := DeadLetter.objects.filter(delivery_digest=digest).order_by("id").first()):
         logger.info("dead letter #%s from %s was delivered again; it is filed once", filed.pk, queue)
         return filed

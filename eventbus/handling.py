@@ -51,7 +51,7 @@ from eventbus.models import DeadLetter, InboxMessage
 from eventbus.names import batch_task_name
 from eventbus.outbox import HopLimitExceeded, current_event, written_together
 from eventbus.preload import preloaded
-from eventbus.receipts import receipt_headers, received_at, received_times
+from eventbus.receipts import delivered_before, receipt_headers, received_at, received_times
 from eventbus.retention import event_expired
 from eventbus.subscriptions import Handler, Subscriber, subscribers
 from eventbus.transactions import handler_transaction
@@ -148,7 +148,9 @@ def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[s
             check_task_sender(subscriber.service, task.request.properties)
         except ForgedMessage as error:
             for raw in raw_events:
-                _store_dead_letter(subscriber.batch_task, subscriber.task_queue, raw, error, DeadLetter.Reason.FORGED)
+                again = delivered_before(task.request, str(raw.get("id", "")))
+                reason = DeadLetter.Reason.FORGED
+                _store_dead_letter(subscriber.batch_task, subscriber.task_queue, raw, error, reason, redelivered=again)
             raise
     task_id, received = task.request.id or "", received_times(task.request)
     retries: list[tuple[Handler, dict[str, Any]]] = []
@@ -157,7 +159,8 @@ def run_batch(task: HandlerTask, subscriber: Subscriber, raw_events: list[dict[s
         if handled is None:
 
             def apply(handler: Handler, event: CloudEvent, raw: dict[str, Any]) -> str:
-                return _batch_apply(handler, event, raw, task_id, received_at(received, event.id), retries)
+                delivered, again = received_at(received, event.id), delivered_before(task.request, event.id)
+                return _batch_apply(handler, event, raw, task_id, delivered, retries, redelivered=again)
 
             with transaction.atomic():
                 _take_service_lock(subscriber.service)
@@ -272,6 +275,8 @@ def _batch_apply(
     task_id: str,
     delivered: datetime | None,
     retries: list[tuple[Handler, dict[str, Any]]],
+    *,
+    redelivered: bool,
 ) -> str:
     try:
         _refuse_expired(handler, event)
@@ -285,9 +290,13 @@ def _batch_apply(
         retries.append((handler, raw))
         return "retrying"
     except EventExpired as error:
-        _store_dead_letter(handler.name, handler.task_queue, raw, error, DeadLetter.Reason.EXPIRED)
+        _store_dead_letter(
+            handler.name, handler.task_queue, raw, error, DeadLetter.Reason.EXPIRED, redelivered=redelivered
+        )
     except PERMANENT as error:
-        _store_dead_letter(handler.name, handler.task_queue, raw, error, DeadLetter.Reason.PERMANENT)
+        _store_dead_letter(
+            handler.name, handler.task_queue, raw, error, DeadLetter.Reason.PERMANENT, redelivered=redelivered
+        )
     except Exception as error:
         _log_retry(handler, error, 1, None)
         retries.append((handler, raw))
@@ -301,8 +310,12 @@ def _send_alone(task: HandlerTask, pairs: list[tuple[Handler, dict[str, Any]]], 
     received = received_times(task.request)
     try:
         for handler, raw in pairs:
-            receipt = {event_id: at for event_id, at in received.items() if event_id == raw.get("id")}
-            send_handler_task(task.app, handler, raw, received=receipt, retries=retries, countdown=backoff(retries))
+            event_id = str(raw.get("id", ""))
+            receipt = {event_id: received[event_id]} if event_id in received else {}
+            again = delivered_before(task.request, event_id)
+            send_handler_task(
+                task.app, handler, raw, received=receipt, redelivered=again, retries=retries, countdown=backoff(retries)
+            )
     except Exception as error:
         logger.exception("could not send the events of a batch on one by one; the batch runs again")
         time.sleep(1)  # no hot redelivery loop; the task queue's delivery limit bounds it too
@@ -310,19 +323,27 @@ def _send_alone(task: HandlerTask, pairs: list[tuple[Handler, dict[str, Any]]], 
 
 
 def send_handler_task(
-    app: Any, handler: Handler, raw_event: dict[str, Any], *, received: dict[str, float] | None = None, **options: Any
+    app: Any,
+    handler: Handler,
+    raw_event: dict[str, Any],
+    *,
+    received: dict[str, float] | None = None,
+    redelivered: bool = False,
+    **options: Any,
 ) -> None:
     """Send `raw_event` to `handler`'s own task, with the task id derived from both, on its service's queue;
-    `received`: when the intake received it (eventbus.receipts)."""
+    `received`: when the intake received it; `redelivered`: whether the broker had delivered it before
+    (eventbus.receipts)."""
+    event_id = str(raw_event.get("id", ""))
     app.send_task(
         handler.name,
         args=[raw_event],
-        task_id=handler.task_id(str(raw_event.get("id", ""))),
+        task_id=handler.task_id(event_id),
         queue=handler.task_queue,
         routing_key=handler.task_queue,
         exchange=handler.task_queue,
         argsrepr=events_repr([raw_event]),
-        headers=receipt_headers(received),
+        headers=receipt_headers(received, redelivered=[event_id] if redelivered else ()),
         **options,
     )
 
@@ -424,8 +445,17 @@ def _log_retry(handler: Handler, error: BaseException, attempt: int, delay: int 
 
 
 def _store_dead_letter(
-    handler: str, queue: str, raw_event: Any, error: BaseException, reason: str, attempts: int = 1
+    handler: str,
+    queue: str,
+    raw_event: Any,
+    error: BaseException,
+    reason: str,
+    attempts: int = 1,
+    *,
+    redelivered: bool = False,
 ) -> None:
+    """File `raw_event` as `handler`'s dead letter; `redelivered`: its handling may have run, and filed it, before
+    (eventbus.receipts.delivered_before), so a letter of the same handler and event on file is taken for it."""
     deadletters.store(
         reason=reason,
         queue=queue,
@@ -434,14 +464,16 @@ def _store_dead_letter(
         error=f"{type(error).__name__}: {error}",
         traceback="".join(traceback.format_exception(error)),
         attempts=attempts,
+        redelivered=redelivered,
     )
 
 
 def _dead_letter(
     task: HandlerTask, handler: Handler, raw_event: dict[str, Any], error: BaseException, reason: str, attempts: int
 ) -> None:
+    again = delivered_before(task.request, str(raw_event.get("id", "")))
     try:
-        _store_dead_letter(handler.name, handler.task_queue, raw_event, error, reason, attempts)
+        _store_dead_letter(handler.name, handler.task_queue, raw_event, error, reason, attempts, redelivered=again)
     except DATABASE_UNAVAILABLE as db_error:
         # Not the event's fault: the handler runs again later, and once the database is back it
         # succeeds or its dead letter is stored. (A rejection would not do: Celery's main process

@@ -201,7 +201,10 @@ class EventIntake(bootsteps.ConsumerStep):
         if not waiting:
             return
         delivery = handoff.Delivery(self.worker_consumer, [item.message for item in waiting])
-        received = receipt_headers({item.event.id: item.received_at for item in waiting})
+        received = receipt_headers(
+            {item.event.id: item.received_at for item in waiting},
+            redelivered=[item.event.id for item in waiting if _redelivered(item.message)],
+        )
         try:
             with tracing.dispatch_span([item.event for item in waiting], subscriber.queue):
                 if len(waiting) == 1:

@@ -90,8 +90,8 @@ class DeadLetter(models.Model):
     )
     # Letters that failed alike share it: (event type, handler or queue, error class), hashed; see deadletters.
     fingerprint = models.CharField(max_length=16, blank=True, db_index=True)
-    # The queue and body, hashed: a message the broker delivers again (its acknowledgement lost with a worker or
-    # the broker) is found filed already, and not filed twice; see deadletters.store.
+    # The queue, handler (if any) and body, hashed: a message the broker delivers again (its acknowledgement lost
+    # with a worker or the broker) is found filed already, and not filed twice; see deadletters.store.
     delivery_digest = models.CharField(max_length=64, blank=True, db_index=True)
     traceback = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=1)

@@ -94,6 +94,24 @@ def test_in_a_batch_a_failing_event_takes_back_only_its_own_work():
     assert retry["task_id"] == handler_by_name("inventory.reserve_stock").task_id(flaky["id"])
 
 
+def test_in_a_batch_an_event_delivered_again_is_dead_lettered_once_and_goes_on_named_so():
+    bad, flaky = factories.order_placed_event(("P003", 1)), factories.order_placed_event(("P004", 1))
+    behaviour = {bad["id"]: PermanentError("no"), flaky["id"]: TransientError("gateway timeout")}
+
+    def handle(data, event):
+        raise behaviour[event.id]
+
+    subscriber = inventory_with(reserve_stock_doing(handle))
+    run_batch(FakeTask(task_id="batch-1"), subscriber, [bad])
+    # Its acknowledgement lost, the broker delivers the event again; the intake names it in the task's headers
+    again = FakeTask(task_id="batch-2", headers={"eventbus_redelivered": [bad["id"], flaky["id"]]})
+    run_batch(again, subscriber, [bad, flaky])
+
+    assert DeadLetter.objects.count() == 1
+    [retry] = again.sent  # the flaky one goes on alone, still named as delivered before
+    assert retry["args"] == [flaky] and retry["headers"]["eventbus_redelivered"] == [flaky["id"]]
+
+
 def test_a_batch_whose_transaction_fails_sends_every_event_on_alone():
     events = [factories.order_placed_event((sku, 1)) for sku in ("P001", "P002")]
 

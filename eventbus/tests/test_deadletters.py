@@ -252,3 +252,18 @@ def test_dlq_replay_records_the_os_user_and_checks_a_body_file(
     assert len(inventory_events()) == 1
     call_command("dlq", "show", str(letter.pk))
     assert "by cli:operator, corrected, sent" in capsys.readouterr().out
+
+
+def test_a_handlers_letter_delivered_again_is_filed_once_and_apart_from_another_handlers():
+    event = factories.order_placed_event()
+
+    def file(handler: str, *, redelivered: bool) -> DeadLetter:
+        return deadletters.store(reason=DeadLetter.Reason.PERMANENT, queue="inventory.tasks", handler=handler,
+                                 body=event, error="PermanentError: no", redelivered=redelivered)  # fmt: skip
+
+    first = file("inventory.reserve_stock", redelivered=False)
+    # Two handlers of one service may fail the same event from the same queue: each files its own letter
+    other = file("inventory.audit", redelivered=True)
+    again = file("inventory.reserve_stock", redelivered=True)
+    assert again.pk == first.pk and other.pk != first.pk
+    assert DeadLetter.objects.count() == 2

@@ -135,6 +135,26 @@ def test_a_permanent_error_is_dead_lettered_at_once():
     assert DeadLetter.objects.get().reason == "permanent"
 
 
+def test_a_dead_letter_whose_acknowledgement_was_lost_is_filed_once_when_its_handler_runs_again():
+    raw = factories.order_placed_event()
+    handler = failing_handler(PermanentError("bad payload"))
+    # Filed, then the worker died before the event's acknowledgement: the broker delivers the event again, and
+    # the intake names it in the task's headers; or a retry's own task message comes again, marked redelivered.
+    for task in (
+        FakeTask(0),
+        FakeTask(0, headers={"eventbus_redelivered": [raw["id"]]}),
+        FakeTask(4, headers={"delivery_info": {"redelivered": True}}),
+    ):
+        with pytest.raises(PermanentError):
+            run_handler(task, handler, raw)
+    assert DeadLetter.objects.count() == 1
+
+    # A first delivery (the same event published again, say) is filed
+    with pytest.raises(PermanentError):
+        run_handler(FakeTask(0), handler, raw)
+    assert DeadLetter.objects.count() == 2
+
+
 @contextmanager
 def batch_writing(service: str, *, alone: bool = False) -> Iterator[None]:
     """A batch of `service` (`alone`: a handler task of its own) in the middle of its transaction, in a thread of

@@ -183,3 +183,17 @@ def test_the_intake_starts_once_the_worker_can_make_requests():
     consumer_steps = Consumer.Blueprint(steps=current_app.steps["consumer"])
     order = [step.name for step in consumer_steps._finalize_steps(consumer_steps.claim_steps())]
     assert order.index("eventbus.intake.EventIntake") > order.index("celery.worker.consumer.tasks.Tasks")
+
+
+def test_an_event_the_broker_delivered_again_is_named_so_to_its_handlers(step, monkeypatch):
+    headers = []
+    monkeypatch.setattr(handoff, "start_request", lambda *args, **options: headers.append(options["headers"]))
+    inventory = stand_ins.inventory()
+    first, again = Message(new_event(factories.order_placed())), Message(new_event(factories.order_placed()))
+    again.delivery_info = {"redelivered": True}
+
+    step.on_event(inventory, first)
+    step.on_event(inventory, again)
+
+    assert "eventbus_redelivered" not in headers[0], "a first delivery"
+    assert headers[1]["eventbus_redelivered"] == ids([again])
