@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plain import QUEUE_NAMES as PLAIN_QUEUES
-from bench.procstats import self_cpu_seconds
+from bench.procstats import cpu_between, self_cpu_seconds
 from bench.stack import BenchStack, consumed, pipeline_names
 from devstack.brokers import StackError, say
 from devstack.config import ROOT, StackConfig
@@ -283,7 +283,7 @@ def measured_saturation(
     saturation = workload.saturation(stack, mix, args.orders, stall_timeout=args.stall_timeout, placers=args.placers)
     during = stack.sample()
     workload.wait_quiet(stack, queues=queues)
-    cpu = {name: during[name].cpu_s - first[name].cpu_s for name in during if name in first and name not in leave_out}
+    cpu = {name: value for name, value in cpu_between(first, during).items() if name not in leave_out}
     saturation["cpu_ms_per_order"] = 1000 * (sum(cpu.values()) + saturation["bench_process_cpu_s"]) / args.orders
     rate, cpu_ms = saturation["orders_per_s"], saturation["cpu_ms_per_order"]
     say(f"bench: saturation {rate:.1f} orders/s, {cpu_ms:.1f} ms CPU per order")
@@ -339,7 +339,7 @@ def _cpu_of_phase(before: dict, after: dict, bench_cpu_s: float, started: float,
     """CPU of an open-loop phase until its queues were quiet, every process's and the bench's own: per order, and
     in cores busy over the phase. An event handled alone costs more than one in a batch, so at a fraction of
     saturation the machine is busier than that fraction."""
-    cpu = {name: after[name].cpu_s - before[name].cpu_s for name in after if name in before}
+    cpu = cpu_between(before, after)
     total = sum(cpu.values()) + bench_cpu_s
     return {
         "cpu_ms_per_order": round(1000 * total / orders, 2),

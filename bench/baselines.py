@@ -13,7 +13,7 @@ from celery import current_app
 from django.db import transaction
 from kombu import Connection
 
-from bench.procstats import self_cpu_seconds
+from bench.procstats import cpu_between, self_cpu_seconds
 from bench.stack import BenchStack
 from bench.workload import Progress
 from eventbus.envelope import CONTENT_TYPE, new_event
@@ -156,7 +156,7 @@ def bare_celery(stack: BenchStack, *, tasks: int, workers: int, concurrency: int
         stack.stop_procs(names)
     (t0, ready0, before), (t1, ready1, after) = window["start"], window["end"]
     done = ready0 - ready1
-    cpu = {name: after[name].cpu_s - before[name].cpu_s for name in [*names, "rabbitmq"] if name in after}
+    cpu = {name: value for name, value in cpu_between(before, after).items() if name in (*names, "rabbitmq")}
     with Connection(stack.config.broker_url) as connection:
         connection.default_channel.queue_delete(QUEUE)
     return {

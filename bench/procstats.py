@@ -81,6 +81,11 @@ def sample_tree(pid: int) -> TreeSample | None:
     return TreeSample(tuple(pids), cpu, rss, hwm, by_pid)
 
 
+def cpu_between(before: dict[str, TreeSample], after: dict[str, TreeSample]) -> dict[str, float]:
+    """CPU seconds each process tree sampled both times (BenchStack.sample) used in between."""
+    return {name: after[name].cpu_s - before[name].cpu_s for name in after if name in before}
+
+
 def self_cpu_seconds() -> float:
     """CPU seconds of this process (the bench: order placement, polling)."""
     times = os.times()
