@@ -36,7 +36,7 @@ def set_up(service: str, exporters: Sequence[str]) -> tuple[trace.Tracer, bool]:
     resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service}))
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=HashedOnce(resource))
     provider.sampler = WithoutOrphanCalls(provider.sampler)  # before any tracer takes it: OTEL_TRACES_SAMPLER's
     _pipeline = ExportPipeline(exporters)
     provider.add_span_processor(_pipeline)
@@ -68,6 +68,19 @@ def flush() -> None:
     """Export what is pending now (a Celery pool process ends without the atexit handler that would)."""
     if _pipeline is not None:
         _pipeline.force_flush()
+
+
+class HashedOnce(Resource):
+    """The process's resource, hashed once. The OTLP exporter groups the spans of each export by resource, so it
+    hashes the resource once per span, and a Resource serializes its attributes to JSON for each hash: a fifth of
+    the CPU that encoding a span costs (measured: 40 against 31 us per span). Its attributes are immutable."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 class ExportPipeline(SpanProcessor):
