@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http import trace_exporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.instrumentation.django import DjangoInstrumentor
@@ -25,6 +26,8 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, get_current_span
 from opentelemetry.util.types import Attributes
 
+from eventbus import otlp
+
 _pipeline: ExportPipeline | None = None
 
 
@@ -36,9 +39,10 @@ def set_up(service: str, exporters: Sequence[str]) -> tuple[trace.Tracer, bool]:
     resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service}))
-    provider = TracerProvider(resource=HashedOnce(resource))
+    provider = TracerProvider(resource=resource)
     provider.sampler = WithoutOrphanCalls(provider.sampler)  # before any tracer takes it: OTEL_TRACES_SAMPLER's
     _pipeline = ExportPipeline(exporters)
+    encode_with_ours()
     provider.add_span_processor(_pipeline)
     trace.set_tracer_provider(provider)
     DjangoInstrumentor().instrument()  # before the WSGI handler loads the middleware: it adds its own
@@ -46,6 +50,12 @@ def set_up(service: str, exporters: Sequence[str]) -> tuple[trace.Tracer, bool]:
     PsycopgInstrumentor().instrument()
     RedisInstrumentor().instrument()
     return provider.get_tracer("eventbus"), follows_parent(provider.sampler.sampler)
+
+
+def encode_with_ours() -> None:
+    """Have OpenTelemetry's OTLP/HTTP span exporter encode its exports with eventbus.otlp.encode_spans: the same
+    message, built in a third of the CPU. The exporter calls the encoder by its name in its module at each export."""
+    trace_exporter.encode_spans = otlp.encode_spans
 
 
 def follows_parent(sampler: Sampler) -> bool:
@@ -68,19 +78,6 @@ def flush() -> None:
     """Export what is pending now (a Celery pool process ends without the atexit handler that would)."""
     if _pipeline is not None:
         _pipeline.force_flush()
-
-
-class HashedOnce(Resource):
-    """The process's resource, hashed once. The OTLP exporter groups the spans of each export by resource, so it
-    hashes the resource once per span, and a Resource serializes its attributes to JSON for each hash: a fifth of
-    the CPU that encoding a span costs (measured: 40 against 31 us per span). Its attributes are immutable."""
-
-    def __init__(self, resource: Resource) -> None:
-        super().__init__(resource.attributes, resource.schema_url)
-        self._hash = super().__hash__()
-
-    def __hash__(self) -> int:
-        return self._hash
 
 
 class ExportPipeline(SpanProcessor):

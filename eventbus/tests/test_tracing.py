@@ -11,7 +11,6 @@ import pytest
 from django.db import transaction
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -35,7 +34,7 @@ from eventbus.handling import apply_once
 from eventbus.models import OutboxMessage
 from eventbus.outbox import current_event, publish
 from eventbus.subscriptions import handler_by_name
-from eventbus.telemetry_sdk import HashedOnce, WithoutOrphanCalls, follows_parent
+from eventbus.telemetry_sdk import WithoutOrphanCalls, follows_parent
 from eventbus.tests.stand_ins import reserve_stock_doing
 from tests import factories
 from tests.harness import environment, python
@@ -421,21 +420,6 @@ def test_a_savepoint_statement_gets_no_span_even_inside_a_trace(statement):
     assert sampler.should_sample(in_a_span, 1, "UPDATE", SpanKind.CLIENT).decision is Decision.RECORD_AND_SAMPLE
 
 
-def test_the_process_resource_is_the_one_it_wraps_hashed_once(monkeypatch):
-    resource = Resource.create({"service.name": "inventory"})
-    hashed = HashedOnce(resource)
-    assert hashed == resource and hash(hashed) == hash(resource)
-    assert hashed.attributes["service.name"] == "inventory" and hashed.schema_url == resource.schema_url
-
-    def serialized(*_, **__):
-        raise AssertionError("the resource was serialized again to be hashed")
-
-    monkeypatch.setattr("opentelemetry.sdk.resources.dumps", serialized)
-    assert hash(hashed) == hash(hashed)
-    with pytest.raises(AssertionError, match="serialized again"):
-        hash(resource)  # what the exporter did once for every span
-
-
 # --- set-up, in a process of its own (the test process's global tracer provider is left alone)
 
 PROBE = """
@@ -464,10 +448,8 @@ def test_with_tracing_off_the_web_process_loads_no_sdk_and_instruments_nothing()
 
 
 def test_with_the_console_exporter_the_web_process_is_instrumented_and_prints_a_json_line_per_span():
-    script = PROBE + "from opentelemetry import trace\nprint(type(trace.get_tracer_provider().resource).__name__)\n"
-    script += "with tracing._tracer.start_as_current_span('probe'): pass\n"
-    summary, resource, span_line = web_process("console", script)[-3:]
-    assert resource == "HashedOnce"
+    script = PROBE + "with tracing._tracer.start_as_current_span('probe'): pass\n"
+    summary, span_line = web_process("console", script)[-2:]
     loaded, first_middleware, tracing_on = literal_eval(summary)
     assert loaded == ["exporter", "instrumentation", "sdk"] and tracing_on
     assert first_middleware.startswith("opentelemetry.instrumentation.django")
