@@ -41,16 +41,16 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     by_resource: dict[Resource, ResourceSpans] = {}
     by_scope: dict[tuple[Resource, InstrumentationScope | None], ScopeSpans] = {}
-    last: tuple[Resource | None, InstrumentationScope | None, ScopeSpans | None] = (None, None, None)
+    current: tuple[Resource, InstrumentationScope | None] | None = None
+    group: ScopeSpans | None = None
     for span in spans:
         resource, scope = span.resource, span.instrumentation_scope or None
-        if resource is last[0] and scope is last[1]:  # most spans share their predecessor's: no hashing
-            group = last[2]
-        else:
-            group = by_scope.get((resource, scope))
+        # Most spans have their predecessor's resource and scope, found without hashing either.
+        if current is None or resource is not current[0] or scope is not current[1]:
+            current = (resource, scope)
+            group = by_scope.get(current)
             if group is None:
-                group = by_scope[(resource, scope)] = _scope_spans(request, by_resource, resource, scope)
-            last = (resource, scope, group)
+                group = by_scope[current] = _scope_spans(request, by_resource, resource, scope)
         _span(group.spans.add(), span)  # type: ignore[union-attr]
     return request
 
