@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-port", type=int, default=6510)
     parser.add_argument("--postgres-port", type=int, default=5832)
     parser.add_argument("--otlp-port", type=int, default=4810, help="the tracing phase's OTLP sink")
-    parser.add_argument("--tracing-rounds", type=int, default=3, help="rounds of untraced and traced runs (default 3)")
+    parser.add_argument("--tracing-rounds", type=int, default=5, help="rounds of untraced and traced runs (default 5)")
     parser.add_argument("--tracing-orders", type=int, default=2000, help="orders in each run of a tracing round")
     parser.add_argument(
         "--trace-sample-ratio", type=float, default=0.1,
