@@ -1,9 +1,9 @@
 """The OpenTelemetry SDK as the pipeline sets it up (eventbus.telemetry imports this only with tracing on).
 
 One tracer provider per process, named by OTEL_SERVICE_NAME or by its entry point, exporting through
-`otlp` (OTLP over HTTP, in batches) and/or `console` (a JSON line per span as it ends), and the
-maintained instrumentations of Django, Celery, psycopg and Redis. The SDK reads its other OTEL_*
-variables itself.
+`otlp` (OTLP over HTTP, in batches, encoded by eventbus.otlp) and/or `console` (a JSON line per span as
+it ends), and the maintained instrumentations of Django, Celery, psycopg and Redis. The SDK reads its
+other OTEL_* variables itself.
 """
 
 from __future__ import annotations
