@@ -3,7 +3,7 @@
 OpenTelemetry's OTLP exporter (encode_spans of opentelemetry-exporter-otlp-proto-common) makes a protobuf
 message of each value, attribute, span and group, and protobuf copies each into its parent when it is
 assigned there. Its export thread spent about 40 us of CPU per span, half of what tracing costs the relay
-(docs/operations.md). `encode_spans` here builds the same ExportTraceServiceRequest, field for field, adding
+(docs/benchmark.md). `encode_spans` here builds the same ExportTraceServiceRequest, field for field, adding
 each part in place to its parent: about 15 us per span. eventbus.telemetry_sdk has OpenTelemetry's OTLP/HTTP
 exporter call it; the rest of that exporter (retries, compression, the size limit, its own metrics) is as it is.
 """
