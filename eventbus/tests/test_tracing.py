@@ -34,7 +34,7 @@ from eventbus.handling import apply_once
 from eventbus.models import OutboxMessage
 from eventbus.outbox import current_event, publish
 from eventbus.subscriptions import handler_by_name
-from eventbus.telemetry_sdk import WithoutOrphanCalls, follows_parent
+from eventbus.telemetry_sdk import WithoutOrphanCalls, follows_parent, name_pipeline_by_its_commands
 from eventbus.tests.stand_ins import reserve_stock_doing
 from tests import factories
 from tests.harness import environment, python
@@ -418,6 +418,20 @@ def test_a_savepoint_statement_gets_no_span_even_inside_a_trace(statement):
     in_a_span = trace.set_span_in_context(trace.NonRecordingSpan(tracing._span_context(placed(traceparent=CALLER))))
     assert sampler.should_sample(in_a_span, 1, statement, SpanKind.CLIENT).decision is Decision.DROP
     assert sampler.should_sample(in_a_span, 1, "UPDATE", SpanKind.CLIENT).decision is Decision.RECORD_AND_SAMPLE
+
+
+@pytest.mark.parametrize(
+    ("named", "renamed"),
+    [("MSET EXPIRE EXPIRE EXPIRE", "MSET EXPIRE"), ("GET SET GET", "GET SET"), ("PUBLISH", "PUBLISH")],
+)
+def test_a_redis_pipelines_span_is_named_by_each_of_its_commands_once(named, renamed):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("test").start_as_current_span(named, kind=SpanKind.CLIENT) as span:
+        name_pipeline_by_its_commands(span, object(), [True])
+    assert [span.name for span in exporter.get_finished_spans()] == [renamed]
+    name_pipeline_by_its_commands(trace.INVALID_SPAN, object(), None)  # a span not recorded is left alone
 
 
 # --- set-up, in a process of its own (the test process's global tracer provider is left alone)
