@@ -88,6 +88,31 @@ def test_a_traceparent_is_read_as_w3c_trace_context_says(traceparent, trace_id):
 
 
 @pytest.mark.parametrize(
+    "traceparent",
+    [
+        CALLER,
+        f"00-{TRACE_ID}-00f067aa0ba902b7-00",
+        f"00-{TRACE_ID}-00f067aa0ba902b7-03",
+        f"01-{TRACE_ID}-00f067aa0ba902b7-01-more",
+        f"00-{TRACE_ID}-00f067aa0ba902b7-01-more",
+        f"ff-{TRACE_ID}-00f067aa0ba902b7-01",
+        f"00-{'0' * 32}-00f067aa0ba902b7-01",
+        f"00-{TRACE_ID}-{'0' * 16}-01",
+        f"00-{TRACE_ID.upper()}-00f067aa0ba902b7-01",
+        "",
+        None,
+    ],
+)
+@pytest.mark.parametrize("tracestate", [STATE, "", "a=1,,b=2", None])
+def test_a_trace_context_names_the_span_opentelemetrys_w3c_propagator_reads_from_it(traceparent, tracestate):
+    headers = {key: value for key, value in (("traceparent", traceparent), ("tracestate", tracestate)) if value}
+    expected = trace.get_current_span(TraceContextTextMapPropagator().extract(headers)).get_span_context()
+    assert tracing._remote(traceparent, tracestate) == expected
+    assert trace.get_current_span(tracing._parent(traceparent, tracestate)).get_span_context() == expected
+    assert tracing._sampled_flag(traceparent) is (expected.trace_flags.sampled or not expected.is_valid)
+
+
+@pytest.mark.parametrize(
     ("tracestate", "valid"),
     [
         (STATE, True),
@@ -340,15 +365,15 @@ def test_under_a_parent_based_sampler_a_trace_not_sampled_gets_no_span_at_all_an
 
 @pytest.fixture
 def reads(monkeypatch) -> list[str]:
-    """The traceparents the event path reads with OpenTelemetry's W3C propagator, in order."""
+    """The traceparents the event path reads, in order."""
     read: list[str] = []
-    extract = TraceContextTextMapPropagator.extract
+    remote = tracing._remote
 
-    def counted(self, carrier, *args, **kwargs):
-        read.append(carrier.get("traceparent"))
-        return extract(self, carrier, *args, **kwargs)
+    def counted(traceparent, tracestate):
+        read.append(traceparent)
+        return remote(traceparent, tracestate)
 
-    monkeypatch.setattr(TraceContextTextMapPropagator, "extract", counted)
+    monkeypatch.setattr(tracing, "_remote", counted)
     return read
 
 
