@@ -2,10 +2,10 @@
 
 OpenTelemetry's OTLP exporter (encode_spans of opentelemetry-exporter-otlp-proto-common) makes a protobuf
 message of each value, attribute, span and group, and protobuf copies each into its parent when it is
-assigned there. Its export thread spent about 40 us of CPU per span, half of what tracing costs the relay
-(docs/benchmark.md). `encode_spans` here builds the same ExportTraceServiceRequest, field for field, adding
-each part in place to its parent: about 15 us per span. eventbus.telemetry_sdk has OpenTelemetry's OTLP/HTTP
-exporter call it; the rest of that exporter (retries, compression, the size limit, its own metrics) is as it is.
+assigned there; in the relay, its export thread was the largest part of what tracing cost (docs/benchmark.md).
+`encode_spans` here builds the same ExportTraceServiceRequest, field for field, adding each part in place to
+its parent, in a fraction of the CPU. eventbus.telemetry_sdk has OpenTelemetry's OTLP/HTTP exporter call it;
+the rest of that exporter (retries, compression, the size limit, its own metrics) is as it is.
 """
 
 from __future__ import annotations

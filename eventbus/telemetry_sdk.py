@@ -62,7 +62,7 @@ def name_pipeline_by_its_commands(span: trace.Span, instance: object, response: 
 
 def encode_with_ours() -> None:
     """Have OpenTelemetry's OTLP/HTTP span exporter encode its exports with eventbus.otlp.encode_spans: the same
-    message, built in a third of the CPU. The exporter calls the encoder by its name in its module at each export."""
+    message, built in a fraction of the CPU. The exporter calls the encoder by its name in its module at each export."""
     trace_exporter.encode_spans = otlp.encode_spans
 
 
